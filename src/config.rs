@@ -1,0 +1,491 @@
+//! The configuration file: one YAML document, validated at load.
+//!
+//! `${VAR}` and `${VAR:-default}` are replaced from the environment before parsing (`$$` is a literal
+//! `$`); lines are preserved, so errors still point at the right line. Unknown fields are rejected and
+//! every number is range-checked while parsing, so an error names the file, line, column and field.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::compression::Compression;
+use crate::prefix::PrefixTemplate;
+
+/// A configuration error, already formatted as `file:line:column: field: problem`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The whole daemon configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the log and checkpoints live.
+    pub data_dir: PathBuf,
+    /// Address of the Direct PUT endpoint.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How long a SIGTERM/SIGINT drain may take before the daemon exits anyway (what is undelivered
+    /// stays in the log and is delivered after restart).
+    #[serde(default = "default_grace", deserialize_with = "in_range::<_, 1, 3600>")]
+    pub shutdown_grace_s: u64,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(deserialize_with = "unique_streams")]
+    pub delivery_streams: Vec<DeliveryStreamConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4573))
+}
+fn default_grace() -> u64 {
+    30
+}
+
+/// Tunables of the internal shard log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A segment file is sealed at this size (MiB).
+    #[serde(
+        default = "default_segment_mib",
+        deserialize_with = "in_range::<_, 1, 1024>"
+    )]
+    pub segment_mib: u64,
+    /// Sealed segments older than this are deleted once every delivery stream has delivered them.
+    #[serde(
+        default = "default_retention_h",
+        deserialize_with = "in_range::<_, 1, 8760>"
+    )]
+    pub retention_hours: u64,
+    /// Bytes per shard that may wait for the disk before appends get ServiceUnavailableException.
+    #[serde(
+        default = "default_pending_mib",
+        deserialize_with = "in_range::<_, 1, 1024>"
+    )]
+    pub max_pending_mib: u64,
+}
+
+fn default_segment_mib() -> u64 {
+    64
+}
+fn default_retention_h() -> u64 {
+    24
+}
+fn default_pending_mib() -> u64 {
+    64
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_mib: default_segment_mib(),
+            retention_hours: default_retention_h(),
+            max_pending_mib: default_pending_mib(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn options(&self) -> crate::log::LogOptions {
+        crate::log::LogOptions {
+            segment_bytes: self.segment_mib << 20,
+            retention: Duration::from_secs(self.retention_hours * 3600),
+            max_pending_bytes: (self.max_pending_mib << 20) as usize,
+        }
+    }
+}
+
+/// A Firehose delivery stream name: `[a-zA-Z0-9_.-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// Checks Firehose's naming rule; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<StreamName, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!(
+                "delivery stream name must be 1 to 64 characters, got {}",
+                s.len()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(format!(
+                "delivery stream name {s:?} has {c:?}; only [a-zA-Z0-9_.-] are allowed"
+            ));
+        }
+        Ok(StreamName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StreamName::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// One delivery stream: where records come from, how they are processed, where they go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryStreamConfig {
+    pub name: StreamName,
+    pub source: Source,
+    /// Processors, applied in order to every record.
+    #[serde(default)]
+    pub processing: Vec<Processor>,
+    pub destination: Destination,
+}
+
+impl DeliveryStreamConfig {
+    /// Whether the `append_delimiter` processor is on.
+    pub fn appends_delimiter(&self) -> bool {
+        self.processing
+            .iter()
+            .any(|p| matches!(p, Processor::AppendDelimiter(true)))
+    }
+}
+
+/// Where a delivery stream's records come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Source {
+    /// Producers call PutRecord/PutRecordBatch; records land in a log stream of the same name.
+    DirectPut(DirectPutSource),
+}
+
+/// Direct PUT source options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectPutSource {
+    /// Shards of the backing log stream: the unit of parallelism of ingest and delivery.
+    #[serde(default = "one", deserialize_with = "in_range::<_, 1, 1024>")]
+    pub shards: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A record processor (Firehose `ProcessingConfiguration.Processors`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Processor {
+    /// Firehose `AppendDelimiterToRecord`: a newline after every record.
+    AppendDelimiter(bool),
+}
+
+/// Where records are delivered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Destination {
+    S3(S3Destination),
+}
+
+/// The S3 destination, Firehose's `ExtendedS3DestinationConfiguration`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Destination {
+    /// The object store: `file://<directory>` is the embedded local-filesystem lake.
+    pub url: LakeUrl,
+    /// Key prefix; `!{timestamp:yyyy/MM/dd/HH/}` is appended when it has no timestamp expression.
+    #[serde(default)]
+    pub prefix: PrefixTemplate,
+    #[serde(default)]
+    pub buffering: BufferingHints,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// Where the objects of an S3 destination are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeUrl {
+    /// A directory on the local filesystem; object keys become relative paths inside it.
+    LocalDirectory(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for LakeUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("file://") {
+            Some(path) if !path.is_empty() => Ok(LakeUrl::LocalDirectory(PathBuf::from(path))),
+            Some(_) => Err(de::Error::custom(
+                "file:// URL needs a directory, e.g. file://./lake",
+            )),
+            None => Err(de::Error::custom(format!(
+                "unsupported store URL {s:?}: this build writes to file://<directory>"
+            ))),
+        }
+    }
+}
+
+/// Firehose `BufferingHints`: a buffer is flushed when it holds `size_mib` (before compression) or
+/// its oldest record has waited `interval_s`, whichever comes first. `interval_s: 0` flushes as soon
+/// as records are read.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BufferingHints {
+    #[serde(
+        default = "default_size_mib",
+        deserialize_with = "in_range::<_, 1, 128>"
+    )]
+    pub size_mib: u64,
+    #[serde(
+        default = "default_interval_s",
+        deserialize_with = "in_range::<_, 0, 900>"
+    )]
+    pub interval_s: u64,
+}
+
+fn default_size_mib() -> u64 {
+    5
+}
+fn default_interval_s() -> u64 {
+    300
+}
+
+impl Default for BufferingHints {
+    fn default() -> Self {
+        BufferingHints {
+            size_mib: default_size_mib(),
+            interval_s: default_interval_s(),
+        }
+    }
+}
+
+impl BufferingHints {
+    pub fn size_bytes(&self) -> u64 {
+        self.size_mib << 20
+    }
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_s)
+    }
+}
+
+/// Deserializes an integer and checks it lies in `MIN..=MAX`.
+fn in_range<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<u64, D::Error> {
+    let v = i128::deserialize(d)?;
+    if v < MIN as i128 || v > MAX as i128 {
+        return Err(de::Error::custom(format!(
+            "must be between {MIN} and {MAX}, got {v}"
+        )));
+    }
+    Ok(v as u64)
+}
+
+fn unique_streams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DeliveryStreamConfig>, D::Error> {
+    let streams = Vec::<DeliveryStreamConfig>::deserialize(d)?;
+    if streams.is_empty() {
+        return Err(de::Error::custom(
+            "at least one delivery stream is required",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for s in &streams {
+        if !seen.insert(s.name.as_str()) {
+            return Err(de::Error::custom(format!(
+                "delivery stream name {:?} is used twice",
+                s.name.as_str()
+            )));
+        }
+    }
+    Ok(streams)
+}
+
+impl Config {
+    /// Reads, interpolates and validates the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&raw, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(raw: &str, origin: &str) -> Result<Config, ConfigError> {
+        let text = interpolate(raw)
+            .map_err(|(line, msg)| ConfigError(format!("{origin}:{line}: {msg}")))?;
+        let de = serde_norway::Deserializer::from_str(&text);
+        // Enums are written as single-key maps (`source: { direct_put: {...} }`), not YAML tags.
+        serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
+            |e: serde_norway::Error| {
+                let location = e
+                    .location()
+                    .map(|l| format!("{}:{}", l.line(), l.column()))
+                    .unwrap_or_else(|| "?".into());
+                let mut msg = e.to_string();
+                // The message ends with " at line L column C"; the location is already in front.
+                if let Some(i) = msg.find(" at line ") {
+                    msg.truncate(i);
+                }
+                ConfigError(format!("{origin}:{location}: {msg}"))
+            },
+        )
+    }
+}
+
+/// Replaces `${VAR}` / `${VAR:-default}` from the environment and `$$` with `$`.
+/// Errors carry the 1-based line of the reference.
+fn interpolate(raw: &str) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(raw.len());
+    for (i, line) in raw.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body.find('}').ok_or_else(|| {
+                    (
+                        i + 1,
+                        "unterminated ${ in environment reference".to_string(),
+                    )
+                })?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err((i + 1, format!("invalid environment variable name {name:?}")));
+                }
+                match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err((
+                            i + 1,
+                            format!("environment variable {name} is not set and has no default (use ${{{name}:-default}})"),
+                        ))
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: { direct_put: {} }\n    destination:\n      s3: { url: 'file://./lake' }\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, "t.yaml").unwrap();
+        assert_eq!(c.listen, default_listen());
+        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        assert_eq!(s3.buffering, BufferingHints::default());
+        assert_eq!(s3.url, LakeUrl::LocalDirectory("./lake".into()));
+    }
+
+    #[test]
+    fn range_errors_name_file_line_and_field() {
+        let bad = MINIMAL.replace(
+            "{ url: 'file://./lake' }",
+            "{ url: 'file://./lake', buffering: { size_mib: 129 } }",
+        );
+        let err = Config::parse(&bad, "t.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("t.yaml:6:"), "{err}");
+        assert!(
+            err.contains("delivery_streams[0].destination.s3.buffering.size_mib"),
+            "{err}"
+        );
+        assert!(err.contains("between 1 and 128, got 129"), "{err}");
+    }
+
+    #[test]
+    fn buffering_edges() {
+        for (field, ok, bad) in [
+            ("size_mib", [1, 128], [0, 129]),
+            ("interval_s", [0, 900], [-1, 901]),
+        ] {
+            for v in ok {
+                let t = MINIMAL.replace(
+                    "{ url: 'file://./lake' }",
+                    &format!("{{ url: 'file://./lake', buffering: {{ {field}: {v} }} }}"),
+                );
+                Config::parse(&t, "t").unwrap_or_else(|e| panic!("{field}={v}: {e}"));
+            }
+            for v in bad {
+                let t = MINIMAL.replace(
+                    "{ url: 'file://./lake' }",
+                    &format!("{{ url: 'file://./lake', buffering: {{ {field}: {v} }} }}"),
+                );
+                assert!(Config::parse(&t, "t").is_err(), "{field}={v} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let bad = MINIMAL.replace("data_dir", "data_dri");
+        let err = Config::parse(&bad, "t.yaml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `data_dri`"), "{err}");
+        assert!(err.starts_with("t.yaml:1:"), "{err}");
+    }
+
+    #[test]
+    fn stream_names_are_checked() {
+        for bad in ["bad name", "", &"x".repeat(65)] {
+            let t = MINIMAL.replace("name: s", &format!("name: '{bad}'"));
+            assert!(Config::parse(&t, "t").is_err(), "{bad:?} accepted");
+        }
+        let t = MINIMAL.replace("name: s", &format!("name: '{}'", "a".repeat(64)));
+        Config::parse(&t, "t").unwrap();
+    }
+
+    #[test]
+    fn duplicate_stream_names_are_rejected() {
+        let twice = format!("{MINIMAL}  - name: s\n    source: {{ direct_put: {{}} }}\n    destination: {{ s3: {{ url: 'file://x' }} }}\n");
+        let err = Config::parse(&twice, "t").unwrap_err().to_string();
+        assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn interpolation_with_defaults_and_escapes() {
+        std::env::set_var("SPILLWAY_TEST_SET", "v1");
+        std::env::remove_var("SPILLWAY_TEST_UNSET");
+        assert_eq!(interpolate("a ${SPILLWAY_TEST_SET} b").unwrap(), "a v1 b");
+        assert_eq!(interpolate("${SPILLWAY_TEST_UNSET:-d/x}").unwrap(), "d/x");
+        assert_eq!(interpolate("$$HOME $x").unwrap(), "$HOME $x");
+        let (line, msg) = interpolate("ok\n${SPILLWAY_TEST_UNSET}").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(msg.contains("SPILLWAY_TEST_UNSET"));
+        assert!(interpolate("${unterminated").is_err());
+    }
+
+    #[test]
+    fn non_file_urls_are_rejected_clearly() {
+        let t = MINIMAL.replace("file://./lake", "s3://bucket");
+        let err = Config::parse(&t, "t").unwrap_err().to_string();
+        assert!(err.contains("unsupported store URL"), "{err}");
+    }
+}

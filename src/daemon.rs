@@ -1,0 +1,192 @@
+//! Wiring: opens the logs, starts one pipeline per (delivery stream, shard), serves the endpoint, and
+//! drains on SIGTERM/SIGINT.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, DeliveryStreamConfig, Destination, LakeUrl, Source};
+use crate::ingest::{self, Endpoint, IngestStream, StreamInfo, Streams};
+use crate::log::{now_ms, CheckpointStore, StreamLog};
+use crate::pipeline::{DeliverySettings, Pipeline};
+use crate::sink::{LocalStore, ObjectStore};
+
+/// How often sealed segments are checked against retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the daemon until a termination signal, then drains. Returns once everything accepted is
+/// delivered, or the grace period is over (the rest stays in the log for the next start).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let opts = config.log.options();
+    let checkpoints = CheckpointStore::new(config.data_dir.join("checkpoints"));
+    let drain = Arc::new(AtomicBool::new(false));
+    let mut streams = Streams::new();
+    let mut logs = Vec::new();
+    let mut pipelines: Vec<JoinHandle<()>> = Vec::new();
+    for ds in &config.delivery_streams {
+        let Source::DirectPut(direct) = &ds.source;
+        let log = Arc::new(
+            StreamLog::open(
+                &config.data_dir,
+                ds.name.as_str(),
+                direct.shards as u32,
+                &opts,
+            )
+            .with_context(|| format!("opening the log of delivery stream {}", ds.name))?,
+        );
+        let (settings, store, destination) = destination(ds)?;
+        for shard in log.shards() {
+            let pipeline = Pipeline::new(
+                Arc::clone(&settings),
+                Arc::clone(shard),
+                Arc::clone(&store),
+                checkpoints.clone(),
+                Arc::clone(&drain),
+            );
+            pipelines.push(
+                std::thread::Builder::new()
+                    .name(format!("deliver-{}-{}", ds.name, shard.id().0))
+                    .spawn(move || pipeline.run())
+                    .context("starting a pipeline thread")?,
+            );
+        }
+        tracing::info!(stream = %ds.name, shards = log.shards().len(), store = %store.describe(), "delivery stream ready");
+        streams.insert(
+            ds.name.to_string(),
+            IngestStream {
+                log: Arc::clone(&log),
+                info: StreamInfo {
+                    created_ms: now_ms(),
+                    shards: log.shards().len(),
+                    destination,
+                },
+            },
+        );
+        logs.push(log);
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the endpoint to {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "spillway listening");
+    let endpoint = Endpoint::new(streams);
+    let server = tokio::spawn(ingest::serve(listener, Arc::clone(&endpoint)));
+    let retention = {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETENTION_EVERY).await;
+                let logs = logs.clone();
+                let _ = tokio::task::spawn_blocking(move || enforce_retention(&logs)).await;
+            }
+        })
+    };
+
+    let signal = wait_for_signal().await?;
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(%signal, grace_s = config.shutdown_grace_s, "draining: refusing new records, delivering buffered ones");
+    if !endpoint.stop_accepting(grace).await {
+        tracing::warn!("requests still in flight at the end of the grace period");
+    }
+    drain.store(true, Ordering::Release);
+    for log in &logs {
+        for shard in log.shards() {
+            shard.wake_readers();
+        }
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        for p in pipelines {
+            let _ = p.join();
+        }
+    });
+    let drained = tokio::time::timeout_at(deadline, joined).await.is_ok();
+    retention.abort();
+    server.abort();
+    if drained {
+        for log in &logs {
+            log.close();
+        }
+        tracing::info!("drained; every accepted record is delivered");
+    } else {
+        tracing::warn!(
+            "grace period over before delivery finished; undelivered records stay in the log and are delivered after restart"
+        );
+    }
+    Ok(())
+}
+
+/// Builds a stream's delivery settings and object store; also returns its DescribeDeliveryStream view.
+fn destination(
+    ds: &DeliveryStreamConfig,
+) -> anyhow::Result<(
+    Arc<DeliverySettings>,
+    Arc<dyn ObjectStore>,
+    serde_json::Value,
+)> {
+    let Destination::S3(s3) = &ds.destination;
+    let LakeUrl::LocalDirectory(dir) = &s3.url;
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        LocalStore::open(dir).with_context(|| format!("opening the lake {}", dir.display()))?,
+    );
+    let settings = Arc::new(DeliverySettings {
+        name: ds.name.to_string(),
+        version: 1,
+        delimiter: if ds.appends_delimiter() {
+            b"\n".to_vec()
+        } else {
+            Vec::new()
+        },
+        hints: s3.buffering,
+        compression: s3.compression,
+        prefix: s3.prefix.clone(),
+    });
+    let compression = match s3.compression {
+        crate::compression::Compression::None => "UNCOMPRESSED",
+        crate::compression::Compression::Gzip => "GZIP",
+        crate::compression::Compression::Snappy => "Snappy",
+        crate::compression::Compression::Zstd => "ZSTD",
+    };
+    let description = serde_json::json!({
+        "RoleARN": "arn:aws:iam::000000000000:role/spillway",
+        "BucketARN": format!("arn:aws:s3:::{}", dir.display()),
+        "Prefix": "",
+        "BufferingHints": {"SizeInMBs": s3.buffering.size_mib, "IntervalInSeconds": s3.buffering.interval_s},
+        "CompressionFormat": compression,
+        "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+        "S3BackupMode": "Disabled",
+    });
+    Ok((settings, store, description))
+}
+
+fn enforce_retention(logs: &[Arc<StreamLog>]) {
+    let now = now_ms();
+    for log in logs {
+        for shard in log.shards() {
+            match shard.enforce_retention(now) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(stream = log.name(), shard = %shard.id(), segments = n, "retention deleted expired segments")
+                }
+                Err(e) => {
+                    tracing::warn!(stream = log.name(), shard = %shard.id(), error = %e, "retention failed")
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

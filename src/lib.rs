@@ -1,0 +1,17 @@
+//! Spillway: a self-hosted delivery daemon compatible with Amazon Data Firehose.
+//!
+//! Data path, one module per box: [`ingest`] (Direct PUT endpoint) → [`log`] (durable shard log) →
+//! [`pipeline`] (one consumer per delivery stream and shard) → [`buffer`] (object being filled,
+//! [`compression`] streamed) → [`sink`] (object store), named by [`prefix`]. [`config`] reads the YAML
+//! file; [`daemon`] wires it all together.
+
+pub mod buffer;
+pub mod compression;
+pub mod config;
+pub mod daemon;
+pub mod ingest;
+pub mod log;
+pub mod pipeline;
+pub mod prefix;
+pub mod sink;
+pub mod time;

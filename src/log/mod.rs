@@ -1,0 +1,152 @@
+//! The internal shard log: the only durable buffer in Spillway.
+//!
+//! Kinesis-Data-Streams semantics on local disk. A stream has N shards; each shard is a directory of
+//! segment files named by the first sequence number they hold, each a run of CRC-framed records
+//! ([`frame`]). Appends are group-committed: one `fdatasync` covers every request that arrived while the
+//! previous one ran, and an append's future resolves only once its records are durable. Readers see only
+//! durable records. A torn tail is detected by CRC and truncated on open. Retention deletes whole sealed
+//! segments by age, but never one a pinned consumer (a delivery stream) has not yet delivered, so an
+//! acknowledged record is never dropped while its delivery is pending.
+
+mod checkpoint;
+pub mod frame;
+mod shard;
+mod stream;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use checkpoint::{Checkpoint, CheckpointStore, InFlightObject};
+pub use shard::{Appended, ShardLog, ShardReader};
+pub use stream::StreamLog;
+
+/// Per-shard sequence number: unique and strictly increasing within a shard, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SequenceNumber(pub u64);
+
+impl SequenceNumber {
+    /// The sequence number after this one.
+    pub fn next(self) -> Self {
+        SequenceNumber(self.0 + 1)
+    }
+}
+
+impl fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:020}", self.0)
+    }
+}
+
+/// A shard's index within its stream, shown Kinesis-style as `shardId-000000000003`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shardId-{:012}", self.0)
+    }
+}
+
+/// One record as stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub sequence: SequenceNumber,
+    /// Approximate arrival time, milliseconds since the Unix epoch; non-decreasing within a shard.
+    pub arrival_ms: i64,
+    /// Empty for Direct PUT records, which carry no partition key.
+    pub partition_key: Bytes,
+    pub data: Bytes,
+}
+
+/// Where a reader starts, as Kinesis `ShardIteratorType`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartingPosition {
+    /// The oldest record still retained.
+    TrimHorizon,
+    /// Just after the newest durable record: only records appended from now on.
+    Latest,
+    AtSequenceNumber(SequenceNumber),
+    AfterSequenceNumber(SequenceNumber),
+    /// The first record whose arrival time is at or after this instant (ms since the epoch).
+    AtTimestamp(i64),
+}
+
+/// Tunables of the log, shared by every stream.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+    /// Sealed segments older than this are deleted once no pinned consumer needs them.
+    pub retention: Duration,
+    /// Appends beyond this many bytes waiting for the disk are refused ([`LogError::Overloaded`]).
+    pub max_pending_bytes: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            retention: Duration::from_secs(24 * 3600),
+            max_pending_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Limits of a single read, as Kinesis `GetRecords`.
+pub const MAX_READ_RECORDS: usize = 10_000;
+/// At most this many bytes of records are returned by one read.
+pub const MAX_READ_BYTES: usize = 10 << 20;
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment {path} is corrupt at byte {offset}")]
+    Corrupt { path: PathBuf, offset: u64 },
+    #[error("shard {shard} has {pending} bytes waiting for the disk; try again later")]
+    Overloaded { shard: ShardId, pending: usize },
+    #[error("shard {shard} is closed")]
+    Closed { shard: ShardId },
+    #[error("the write to shard {shard} failed and was rolled back: {reason}")]
+    WriteFailed { shard: ShardId, reason: String },
+    #[error(
+        "sequence number {requested} of shard {shard} has expired; the oldest retained is {oldest}"
+    )]
+    Trimmed {
+        shard: ShardId,
+        requested: SequenceNumber,
+        oldest: SequenceNumber,
+    },
+    #[error("checkpoint {path} is unreadable: {reason}")]
+    BadCheckpoint { path: PathBuf, reason: String },
+}
+
+impl LogError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
+        let path = path.into();
+        move |source| LogError::Io { path, source }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Syncs a directory so that a file created, renamed or removed in it survives a crash.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), LogError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(LogError::io(dir))
+}

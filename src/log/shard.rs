@@ -1,0 +1,604 @@
+//! One shard: its segment files, the group-commit writer and readers.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::frame::{self, Decoded};
+use super::{
+    now_ms, sync_dir, LogError, LogOptions, LogRecord, SequenceNumber, ShardId, StartingPosition,
+};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// A segment file and what is known about it without reading it.
+#[derive(Debug, Clone)]
+struct Segment {
+    base: SequenceNumber,
+    path: PathBuf,
+    /// Durable bytes (for the active segment, what has been fsynced).
+    len: u64,
+    /// Sequence number after the last record.
+    end: SequenceNumber,
+    /// Upper bound of the newest record's arrival time; `None` while empty.
+    last_arrival_ms: Option<i64>,
+}
+
+/// What readers may see: the segments and the durable end of the log.
+struct Tail {
+    segments: Vec<Segment>,
+    closed: bool,
+}
+
+impl Tail {
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a shard always has an active segment")
+    }
+    fn durable_end(&self) -> SequenceNumber {
+        self.active().end
+    }
+}
+
+/// Records accepted but not yet on disk, and who waits for them.
+struct Pending {
+    buf: Vec<u8>,
+    waiters: Vec<oneshot::Sender<Result<(), LogError>>>,
+    next: SequenceNumber,
+    last_arrival_ms: i64,
+    closed: bool,
+}
+
+/// A shard of a stream: append with group commit, read from any position.
+pub struct ShardLog {
+    id: ShardId,
+    dir: PathBuf,
+    opts: LogOptions,
+    pending: Mutex<Pending>,
+    pending_cv: Condvar,
+    tail: Mutex<Tail>,
+    tail_cv: Condvar,
+    pins: Mutex<HashMap<String, SequenceNumber>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The result of an append: where the records landed, and a future that resolves once they are durable.
+pub struct Appended {
+    pub first: SequenceNumber,
+    pub count: u64,
+    pub durable: oneshot::Receiver<Result<(), LogError>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (every update is a plain
+    // assignment), so poisoning is not a reason to stop serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn segment_path(dir: &Path, base: SequenceNumber) -> PathBuf {
+    dir.join(format!("{:020}{SEGMENT_SUFFIX}", base.0))
+}
+
+impl ShardLog {
+    /// Opens (or creates) the shard in `dir`, truncating a torn tail, and starts its committer thread.
+    pub fn open(id: ShardId, dir: PathBuf, opts: LogOptions) -> Result<Arc<ShardLog>, LogError> {
+        std::fs::create_dir_all(&dir).map_err(LogError::io(&dir))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(LogError::io(&dir))? {
+            let entry = entry.map_err(LogError::io(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
+                if let Ok(base) = stem.parse::<u64>() {
+                    bases.push(SequenceNumber(base));
+                }
+            }
+        }
+        bases.sort();
+        let mut segments = Vec::with_capacity(bases.len() + 1);
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(&dir, base);
+            if i + 1 < bases.len() {
+                // A sealed segment was fsynced whole before its successor was created.
+                let meta = std::fs::metadata(&path).map_err(LogError::io(&path))?;
+                let mtime_ms = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64);
+                segments.push(Segment {
+                    base,
+                    path,
+                    len: meta.len(),
+                    end: bases[i + 1],
+                    last_arrival_ms: mtime_ms,
+                });
+            } else {
+                segments.push(recover_active(&path, base)?);
+            }
+        }
+        if segments.is_empty() {
+            let path = segment_path(&dir, SequenceNumber(0));
+            File::create(&path).map_err(LogError::io(&path))?;
+            sync_dir(&dir)?;
+            segments.push(Segment {
+                base: SequenceNumber(0),
+                path,
+                len: 0,
+                end: SequenceNumber(0),
+                last_arrival_ms: None,
+            });
+        }
+        let active = segments.last().expect("just ensured").clone();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&active.path)
+            .map_err(LogError::io(&active.path))?;
+        let shard = Arc::new(ShardLog {
+            id,
+            dir,
+            opts,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                waiters: Vec::new(),
+                next: active.end,
+                last_arrival_ms: active.last_arrival_ms.unwrap_or(i64::MIN),
+                closed: false,
+            }),
+            pending_cv: Condvar::new(),
+            tail: Mutex::new(Tail {
+                segments,
+                closed: false,
+            }),
+            tail_cv: Condvar::new(),
+            pins: Mutex::new(HashMap::new()),
+            committer: Mutex::new(None),
+        });
+        let worker = Arc::clone(&shard);
+        let handle = std::thread::Builder::new()
+            .name(format!("log-{}", id.0))
+            .spawn(move || worker.run_committer(file))
+            .map_err(LogError::io(&shard.dir))?;
+        *lock(&shard.committer) = Some(handle);
+        Ok(shard)
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Appends records (partition key, data) in order. Nothing is visible to readers, and the
+    /// returned future does not resolve, until every one of them is fsynced.
+    pub fn append<'a, I>(&self, records: I) -> Result<Appended, LogError>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let mut p = lock(&self.pending);
+        if p.closed {
+            return Err(LogError::Closed { shard: self.id });
+        }
+        if p.buf.len() > self.opts.max_pending_bytes {
+            return Err(LogError::Overloaded {
+                shard: self.id,
+                pending: p.buf.len(),
+            });
+        }
+        // Arrival times never go backwards within a shard, so AT_TIMESTAMP and retention can rely on order.
+        let arrival = now_ms().max(p.last_arrival_ms);
+        let first = p.next;
+        let mut next = first.0;
+        for (key, data) in records {
+            frame::encode_into(&mut p.buf, SequenceNumber(next), arrival, key, data);
+            next += 1;
+        }
+        p.next = SequenceNumber(next);
+        p.last_arrival_ms = arrival;
+        p.waiters.push(tx);
+        drop(p);
+        self.pending_cv.notify_one();
+        Ok(Appended {
+            first,
+            count: next - first.0,
+            durable: rx,
+        })
+    }
+
+    fn run_committer(self: Arc<Self>, mut file: File) {
+        let mut spare: Vec<u8> = Vec::new();
+        loop {
+            let (mut buf, waiters, next, last_arrival) = {
+                let mut p = lock(&self.pending);
+                while p.buf.is_empty() && !p.closed {
+                    p = self.pending_cv.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.buf.is_empty() {
+                    break;
+                }
+                let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut spare));
+                (
+                    buf,
+                    std::mem::take(&mut p.waiters),
+                    p.next,
+                    p.last_arrival_ms,
+                )
+            };
+            let active_path = lock(&self.tail).active().path.clone();
+            let written = file.write_all(&buf).and_then(|()| file.sync_data());
+            match written {
+                Ok(()) => {
+                    let sealed = {
+                        let mut tail = lock(&self.tail);
+                        let seg = tail.segments.last_mut().expect("active segment");
+                        seg.len += buf.len() as u64;
+                        seg.end = next;
+                        seg.last_arrival_ms = Some(last_arrival);
+                        seg.len >= self.opts.segment_bytes
+                    };
+                    self.tail_cv.notify_all();
+                    for w in waiters {
+                        let _ = w.send(Ok(()));
+                    }
+                    if sealed {
+                        match self.roll(next) {
+                            Ok(f) => file = f,
+                            Err(e) => tracing::error!(shard = %self.id, error = %e,
+                                "could not start a new segment; appending to the current one"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("{}: {e}", active_path.display());
+                    tracing::error!(shard = %self.id, %reason, "log write failed; rolling back");
+                    self.roll_back(&mut file, waiters, &reason);
+                }
+            }
+            buf.clear();
+            spare = buf;
+        }
+        let _ = file.sync_data();
+    }
+
+    /// After a failed write: cut the file back to its durable length and fail every pending append, so
+    /// sequence numbers stay contiguous on disk. If even that fails, the shard refuses further appends.
+    fn roll_back(
+        &self,
+        file: &mut File,
+        waiters: Vec<oneshot::Sender<Result<(), LogError>>>,
+        reason: &str,
+    ) {
+        let (durable_len, durable_end) = {
+            let tail = lock(&self.tail);
+            (tail.active().len, tail.active().end)
+        };
+        let truncated = file.set_len(durable_len).and_then(|()| file.sync_data());
+        let mut p = lock(&self.pending);
+        let mut all = waiters;
+        all.append(&mut p.waiters);
+        p.buf.clear();
+        p.next = durable_end;
+        if let Err(e) = truncated {
+            tracing::error!(shard = %self.id, error = %e, "could not roll back a failed write; closing the shard");
+            p.closed = true;
+        }
+        drop(p);
+        for w in all {
+            let _ = w.send(Err(LogError::WriteFailed {
+                shard: self.id,
+                reason: reason.to_string(),
+            }));
+        }
+    }
+
+    /// Seals the active segment and starts a new one whose first record will be `base`.
+    fn roll(&self, base: SequenceNumber) -> Result<File, LogError> {
+        let path = segment_path(&self.dir, base);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(LogError::io(&path))?;
+        sync_dir(&self.dir)?;
+        lock(&self.tail).segments.push(Segment {
+            base,
+            path,
+            len: 0,
+            end: base,
+            last_arrival_ms: None,
+        });
+        Ok(file)
+    }
+
+    /// Sequence number the next durable record will get; everything below it is readable.
+    pub fn durable_end(&self) -> SequenceNumber {
+        lock(&self.tail).durable_end()
+    }
+
+    /// Oldest retained sequence number.
+    pub fn trim_horizon(&self) -> SequenceNumber {
+        lock(&self.tail).segments[0].base
+    }
+
+    /// Blocks until records at or after `seq` are durable, the shard closes, or `timeout` passes.
+    /// Returns whether such records exist.
+    pub fn wait_for(&self, seq: SequenceNumber, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut tail = lock(&self.tail);
+        loop {
+            if tail.durable_end() > seq {
+                return true;
+            }
+            let now = Instant::now();
+            if tail.closed || now >= deadline {
+                return false;
+            }
+            tail = self
+                .tail_cv
+                .wait_timeout(tail, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes every waiting reader, e.g. so that a draining pipeline notices the drain promptly.
+    pub fn wake_readers(&self) {
+        self.tail_cv.notify_all();
+    }
+
+    /// Records that `consumer` still needs every record from `next` on; retention keeps them.
+    pub fn pin(&self, consumer: &str, next: SequenceNumber) {
+        lock(&self.pins).insert(consumer.to_string(), next);
+    }
+
+    /// Deletes sealed segments whose newest record arrived before `now - retention` and that every
+    /// pinned consumer has passed. Returns how many were deleted.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let floor = lock(&self.pins).values().min().copied();
+        let cutoff = now_ms - self.opts.retention.as_millis() as i64;
+        let mut doomed = Vec::new();
+        {
+            let mut tail = lock(&self.tail);
+            while tail.segments.len() > 1 {
+                let seg = &tail.segments[0];
+                let old = seg.last_arrival_ms.is_none_or(|t| t < cutoff);
+                let consumed = floor.is_none_or(|f| seg.end <= f);
+                if !(old && consumed) {
+                    break;
+                }
+                doomed.push(tail.segments.remove(0).path);
+            }
+        }
+        for path in &doomed {
+            std::fs::remove_file(path).map_err(LogError::io(path))?;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// A reader positioned as requested.
+    pub fn reader(self: &Arc<Self>, start: StartingPosition) -> ShardReader {
+        let tail = lock(&self.tail);
+        let (next, skip_before_ms) = match start {
+            StartingPosition::TrimHorizon => (tail.segments[0].base, None),
+            StartingPosition::Latest => (tail.durable_end(), None),
+            StartingPosition::AtSequenceNumber(s) => (s, None),
+            StartingPosition::AfterSequenceNumber(s) => (s.next(), None),
+            StartingPosition::AtTimestamp(t) => {
+                // Skip whole segments that ended before `t`, then scan.
+                let first = tail
+                    .segments
+                    .iter()
+                    .find(|s| s.last_arrival_ms.is_none_or(|a| a >= t))
+                    .unwrap_or_else(|| tail.active());
+                (first.base, Some(t))
+            }
+        };
+        drop(tail);
+        ShardReader {
+            shard: Arc::clone(self),
+            next,
+            skip_before_ms,
+            cursor: None,
+        }
+    }
+
+    /// Stops accepting appends, writes what is pending, and stops the committer thread.
+    pub fn close(&self) {
+        lock(&self.pending).closed = true;
+        self.pending_cv.notify_all();
+        if let Some(handle) = lock(&self.committer).take() {
+            let _ = handle.join();
+        }
+        lock(&self.tail).closed = true;
+        self.tail_cv.notify_all();
+    }
+}
+
+/// Reads the active segment, truncating a torn or corrupt tail.
+fn recover_active(path: &Path, base: SequenceNumber) -> Result<Segment, LogError> {
+    let raw = Bytes::from(std::fs::read(path).map_err(LogError::io(path))?);
+    let prefix = frame::valid_prefix(&raw, base);
+    if prefix.len < raw.len() {
+        tracing::warn!(
+            path = %path.display(),
+            kept = prefix.len,
+            dropped = raw.len() - prefix.len,
+            "truncating torn tail of log segment"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(LogError::io(path))?;
+        f.set_len(prefix.len as u64)
+            .and_then(|()| f.sync_all())
+            .map_err(LogError::io(path))?;
+    }
+    Ok(Segment {
+        base,
+        path: path.to_path_buf(),
+        len: prefix.len as u64,
+        end: prefix.next_sequence,
+        last_arrival_ms: prefix.last_arrival_ms,
+    })
+}
+
+/// Where a reader is inside a segment file.
+struct Cursor {
+    base: SequenceNumber,
+    file: File,
+    offset: u64,
+}
+
+/// A position in one shard that reads forward, Kinesis-iterator style. Sees only durable records.
+pub struct ShardReader {
+    shard: Arc<ShardLog>,
+    next: SequenceNumber,
+    skip_before_ms: Option<i64>,
+    cursor: Option<Cursor>,
+}
+
+impl ShardReader {
+    /// Sequence number of the next record this reader returns.
+    pub fn position(&self) -> SequenceNumber {
+        self.next
+    }
+
+    /// The shard this reader reads.
+    pub fn shard(&self) -> &Arc<ShardLog> {
+        &self.shard
+    }
+
+    /// Repositions the reader at `seq`.
+    pub fn seek(&mut self, seq: SequenceNumber) {
+        self.next = seq;
+        self.skip_before_ms = None;
+        self.cursor = None;
+    }
+
+    /// Blocks until a record is available to read, or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.shard.wait_for(self.next, timeout)
+    }
+
+    /// Returns up to `max_records` records and roughly `max_bytes` of data (at least one record when
+    /// any is durable), in sequence order; an empty result means the reader is at the durable end.
+    pub fn read(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let max_records = max_records.clamp(1, super::MAX_READ_RECORDS);
+        let max_bytes = max_bytes.clamp(1, super::MAX_READ_BYTES);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max_records && bytes < max_bytes {
+            // Find the segment holding `next` and how far it may be read.
+            let (limit, sealed_next) = {
+                let tail = lock(&self.shard.tail);
+                let oldest = tail.segments[0].base;
+                if self.next < oldest {
+                    return Err(LogError::Trimmed {
+                        shard: self.shard.id,
+                        requested: self.next,
+                        oldest,
+                    });
+                }
+                if self.next >= tail.durable_end() {
+                    break;
+                }
+                let idx = tail.segments.partition_point(|s| s.base <= self.next) - 1;
+                let seg = &tail.segments[idx];
+                if self.cursor.as_ref().is_none_or(|c| c.base != seg.base) {
+                    let file = File::open(&seg.path).map_err(LogError::io(&seg.path))?;
+                    self.cursor = Some(Cursor {
+                        base: seg.base,
+                        file,
+                        offset: 0,
+                    });
+                }
+                let sealed_next = tail.segments.get(idx + 1).map(|s| s.base);
+                (seg.len, sealed_next)
+            };
+            let cursor = self.cursor.as_mut().expect("cursor just set");
+            if cursor.offset >= limit {
+                match sealed_next {
+                    Some(base) => {
+                        // Finished a sealed segment: continue in the next one.
+                        self.next = self.next.max(base);
+                        self.cursor = None;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let want = (limit - cursor.offset).min((max_bytes - bytes).max(256 << 10) as u64);
+            let chunk = read_chunk(cursor, want, limit, self.shard.dir.as_path())?;
+            let mut at = 0usize;
+            while at < chunk.len() && out.len() < max_records && bytes < max_bytes {
+                match frame::decode(&chunk.slice(at..)) {
+                    Decoded::Frame { record, len } => {
+                        at += len;
+                        if record.sequence < self.next {
+                            continue;
+                        }
+                        if let Some(t) = self.skip_before_ms {
+                            if record.arrival_ms < t {
+                                self.next = record.sequence.next();
+                                continue;
+                            }
+                            self.skip_before_ms = None;
+                        }
+                        self.next = record.sequence.next();
+                        bytes += record.data.len();
+                        out.push(record);
+                    }
+                    Decoded::Incomplete { .. } => break,
+                    Decoded::Corrupt => {
+                        return Err(LogError::Corrupt {
+                            path: segment_path(&self.shard.dir, cursor.base),
+                            offset: cursor.offset + at as u64,
+                        })
+                    }
+                }
+            }
+            cursor.offset += at as u64;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads at least one whole frame (growing the read if a frame is larger than `want`).
+fn read_chunk(cursor: &mut Cursor, want: u64, limit: u64, dir: &Path) -> Result<Bytes, LogError> {
+    let mut len = want;
+    loop {
+        let mut buf = vec![0u8; len as usize];
+        cursor
+            .file
+            .read_exact_at(&mut buf, cursor.offset)
+            .map_err(LogError::io(dir))?;
+        let bytes = Bytes::from(buf);
+        match frame::decode(&bytes) {
+            Decoded::Incomplete { needed } if (needed as u64) > len => {
+                if cursor.offset + needed as u64 > limit {
+                    return Err(LogError::Corrupt {
+                        path: segment_path(dir, cursor.base),
+                        offset: cursor.offset,
+                    });
+                }
+                len = needed as u64;
+            }
+            _ => return Ok(bytes),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! S3 key prefixes with Firehose's `!{namespace:value}` expressions, and object key naming.
+//!
+//! Supported: `!{timestamp:<Java DateTimeFormatter pattern>}` (evaluated, in UTC, at the arrival time of
+//! the oldest record in the object; every timestamp in one prefix uses the same instant) and
+//! `!{firehose:random-string}` (11 characters). As in Firehose, a prefix without a timestamp expression
+//! gets `!{timestamp:yyyy/MM/dd/HH/}` appended, `!{` is reserved, configured prefixes are at most 1,024
+//! characters and evaluated ones at most 512.
+//!
+//! The random string is derived from the object's identity rather than drawn at random, so that a
+//! replay after a crash writes the same key and exactly-once holds.
+
+use std::fmt::Write as _;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::time::UtcDateTime;
+
+/// Longest configured prefix.
+pub const MAX_PREFIX_CHARS: usize = 1024;
+/// Longest evaluated prefix.
+pub const MAX_EVALUATED_PREFIX_CHARS: usize = 512;
+
+/// A parsed prefix template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Timestamp(Vec<Token>),
+    RandomString,
+}
+
+/// One element of a date-time pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    /// A field and the number of pattern letters (its minimum width).
+    Field(Field, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Year,
+    Month,
+    Day,
+    DayOfYear,
+    Hour,
+    Minute,
+    Second,
+    Fraction,
+}
+
+impl Default for PrefixTemplate {
+    fn default() -> Self {
+        PrefixTemplate::parse("").expect("the empty prefix is valid")
+    }
+}
+
+impl<'de> Deserialize<'de> for PrefixTemplate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PrefixTemplate::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl PrefixTemplate {
+    /// Parses and validates a prefix; the error says what is wrong and where.
+    pub fn parse(s: &str) -> Result<PrefixTemplate, String> {
+        if s.chars().count() > MAX_PREFIX_CHARS {
+            return Err(format!(
+                "prefix is longer than {MAX_PREFIX_CHARS} characters"
+            ));
+        }
+        if s.starts_with('/') {
+            return Err("prefix must not start with '/'".into());
+        }
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(start) = rest.find("!{") {
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].to_string()));
+            }
+            let body = &rest[start + 2..];
+            let end = body.find('}').ok_or_else(|| {
+                format!("unterminated expression in prefix at {:?}", &rest[start..])
+            })?;
+            let expr = &body[..end];
+            let (ns, value) = expr.split_once(':').ok_or_else(|| {
+                format!("expression !{{{expr}}} needs the form !{{namespace:value}}")
+            })?;
+            parts.push(match (ns, value) {
+                ("timestamp", pattern) => Part::Timestamp(parse_pattern(pattern)?),
+                ("firehose", "random-string") => Part::RandomString,
+                _ => {
+                    return Err(format!(
+                        "unsupported expression !{{{expr}}}: prefixes support !{{timestamp:<pattern>}} and !{{firehose:random-string}}"
+                    ))
+                }
+            });
+            rest = &body[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        for part in &parts {
+            if let Part::Literal(l) = part {
+                if l.split('/').any(|seg| seg == ".." || seg == ".") {
+                    return Err("prefix must not contain '.' or '..' path segments".into());
+                }
+            }
+        }
+        if !parts.iter().any(|p| matches!(p, Part::Timestamp(_))) {
+            parts.push(Part::Timestamp(parse_pattern("yyyy/MM/dd/HH/")?));
+        }
+        let template = PrefixTemplate { parts };
+        // Numeric fields have fixed widths, so one evaluation bounds them all.
+        let sample = template.render(&UtcDateTime::from_epoch_ms(253_402_300_799_000), "x");
+        if sample.chars().count() > MAX_EVALUATED_PREFIX_CHARS {
+            return Err(format!(
+                "prefix evaluates to more than {MAX_EVALUATED_PREFIX_CHARS} characters"
+            ));
+        }
+        Ok(template)
+    }
+
+    /// Evaluates the prefix for an object whose oldest record arrived at `at`; `seed` (the object's
+    /// identity) determines `!{firehose:random-string}`.
+    pub fn render(&self, at: &UtcDateTime, seed: &str) -> String {
+        let mut out = String::new();
+        let mut randoms = 0u32;
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Timestamp(tokens) => format_tokens(&mut out, tokens, at),
+                Part::RandomString => {
+                    out.push_str(&stable_random_string(seed, randoms));
+                    randoms += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// 11 lowercase alphanumeric characters derived from `seed` and the occurrence index.
+fn stable_random_string(seed: &str, n: u32) -> String {
+    use md5::{Digest, Md5};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let digest = Md5::digest(format!("{seed}\0random\0{n}").as_bytes());
+    digest[..11]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Parses the subset of Java's `DateTimeFormatter` patterns that prefixes use: y, M, d, D, H, m, s,
+/// S, 'quoted literals' ('' is a quote), and any non-letter as itself.
+fn parse_pattern(p: &str) -> Result<Vec<Token>, String> {
+    let chars: Vec<char> = p.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            let mut lit = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err(format!("unterminated quote in timestamp pattern {p:?}")),
+                    Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                        lit.push('\'');
+                        i += 2;
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&ch) => {
+                        lit.push(ch);
+                        i += 1;
+                    }
+                }
+            }
+            if lit.is_empty() {
+                lit.push('\'');
+            }
+            tokens.push(Token::Literal(lit));
+        } else if c.is_ascii_alphabetic() {
+            let run = chars[i..].iter().take_while(|&&x| x == c).count();
+            let field = match c {
+                'y' | 'u' => Field::Year,
+                'M' => Field::Month,
+                'd' => Field::Day,
+                'D' => Field::DayOfYear,
+                'H' => Field::Hour,
+                'm' => Field::Minute,
+                's' => Field::Second,
+                'S' => Field::Fraction,
+                other => {
+                    return Err(format!(
+                        "timestamp pattern letter {other:?} is not supported (use y M d D H m s S and 'quoted' text)"
+                    ))
+                }
+            };
+            if field == Field::Fraction && run > 3 {
+                return Err("timestamp pattern supports at most SSS (milliseconds)".into());
+            }
+            tokens.push(Token::Field(field, run));
+            i += run;
+        } else {
+            tokens.push(Token::Literal(c.to_string()));
+            i += 1;
+        }
+    }
+    Ok(tokens)
+}
+
+fn format_tokens(out: &mut String, tokens: &[Token], at: &UtcDateTime) {
+    for token in tokens {
+        match token {
+            Token::Literal(l) => out.push_str(l),
+            Token::Field(Field::Year, 2) => {
+                let _ = write!(out, "{:02}", at.year.rem_euclid(100));
+            }
+            Token::Field(Field::Fraction, n) => {
+                let ms = format!("{:03}", at.millis);
+                out.push_str(&ms[..*n]);
+            }
+            Token::Field(field, width) => {
+                let v = match field {
+                    Field::Year => at.year as i64,
+                    Field::Month => at.month as i64,
+                    Field::Day => at.day as i64,
+                    Field::DayOfYear => at.day_of_year as i64,
+                    Field::Hour => at.hour as i64,
+                    Field::Minute => at.minute as i64,
+                    Field::Second => at.second as i64,
+                    Field::Fraction => unreachable!("handled above"),
+                };
+                let _ = write!(out, "{v:0width$}");
+            }
+        }
+    }
+}
+
+/// The Firehose object name: `<prefix><stream>-<version>-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<id><ext>`.
+pub fn object_key(
+    prefix: &str,
+    stream: &str,
+    version: u32,
+    oldest_arrival: &UtcDateTime,
+    id: &str,
+    extension: &str,
+) -> String {
+    let t = oldest_arrival;
+    format!(
+        "{prefix}{stream}-{version}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{id}{extension}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
+/// A UUID-shaped id that is a pure function of what the object holds (stream, shard, first sequence
+/// number), so that a replayed object lands under the same key.
+pub fn object_id(stream: &str, shard: u32, first_sequence: u64) -> String {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(format!("{stream}\0{shard}\0{first_sequence}").as_bytes());
+    let h: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> UtcDateTime {
+        // 2024-02-29T07:08:09.123Z
+        UtcDateTime::from_epoch_ms(1_709_190_489_123)
+    }
+
+    #[test]
+    fn empty_prefix_gets_default_hourly_layout() {
+        let p = PrefixTemplate::parse("").unwrap();
+        assert_eq!(p.render(&at(), "s"), "2024/02/29/07/");
+        let p = PrefixTemplate::parse("logs/").unwrap();
+        assert_eq!(p.render(&at(), "s"), "logs/2024/02/29/07/");
+    }
+
+    #[test]
+    fn timestamp_patterns_and_literals() {
+        let p = PrefixTemplate::parse("y=!{timestamp:yyyy}/m=!{timestamp:MM}/d=!{timestamp:dd}/!{timestamp:HH'h'mm.ss.SSS'' D yy}/").unwrap();
+        assert_eq!(
+            p.render(&at(), "s"),
+            "y=2024/m=02/d=29/07h08.09.123' 60 24/"
+        );
+    }
+
+    #[test]
+    fn random_string_is_11_chars_and_stable_per_seed() {
+        let p = PrefixTemplate::parse("!{firehose:random-string}/").unwrap();
+        let a = p.render(&at(), "seed");
+        assert_eq!(a.len(), 11 + "/2024/02/29/07/".len());
+        assert_eq!(a, p.render(&at(), "seed"));
+        assert_ne!(a, p.render(&at(), "other"));
+    }
+
+    #[test]
+    fn invalid_prefixes_are_rejected() {
+        for bad in [
+            "!{timestamp:yyyy",
+            "!{nope}",
+            "!{partitionKeyFromQuery:x}/",
+            "!{timestamp:QQ}",
+            "a/../b/",
+            "/abs/",
+            "!{timestamp:'open}",
+        ] {
+            assert!(PrefixTemplate::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(PrefixTemplate::parse(&"a".repeat(1025)).is_err());
+        assert!(
+            PrefixTemplate::parse(&"a".repeat(600)).is_err(),
+            "evaluates over 512"
+        );
+        PrefixTemplate::parse(&"a".repeat(497)).unwrap();
+    }
+
+    #[test]
+    fn object_key_has_firehose_shape() {
+        let id = object_id("events", 3, 42);
+        assert_eq!(id, object_id("events", 3, 42));
+        assert_ne!(id, object_id("events", 3, 43));
+        let key = object_key("2024/02/29/07/", "events", 1, &at(), &id, ".gz");
+        assert_eq!(
+            key,
+            format!("2024/02/29/07/events-1-2024-02-29-07-08-09-{id}.gz")
+        );
+        assert_eq!(id.len(), 36);
+    }
+}

@@ -1,0 +1,216 @@
+//! The embedded default store: a directory on the local filesystem.
+//!
+//! Objects are written to `<root>/.spillway-tmp/`, fsynced, and renamed into place (same filesystem,
+//! so the rename is atomic); new directories and the rename are fsynced too. Files under dot-named
+//! directories are not objects: Hive-style readers (DuckDB, Spark, Athena) skip them.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{check_key, ObjectStore, ObjectWriter, SinkError};
+
+const TMP_DIR: &str = ".spillway-tmp";
+
+/// A directory acting as an object store.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens the store, creating the directory and clearing temporary files a crash left behind.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore, SinkError> {
+        let root = root.into();
+        let tmp = root.join(TMP_DIR);
+        let io = |source| SinkError::Io {
+            op: "create directory",
+            key: tmp.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&tmp).map_err(io)?;
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(LocalStore { root })
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, SinkError> {
+        check_key(key)?;
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(format!("{}.tmp", key.replace('/', "%2F")));
+        let file = File::create(&tmp).map_err(|source| SinkError::Io {
+            op: "create",
+            key: key.to_string(),
+            source,
+        })?;
+        Ok(Box::new(LocalObject {
+            key: key.to_string(),
+            root: self.root.clone(),
+            tmp,
+            out: Some(BufWriter::with_capacity(256 << 10, file)),
+        }))
+    }
+
+    fn delete(&self, key: &str) -> Result<(), SinkError> {
+        check_key(key)?;
+        let path = self.root.join(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(path.parent().unwrap_or(&self.root)).map_err(|source| SinkError::Io {
+                    op: "delete",
+                    key: key.to_string(),
+                    source,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SinkError::Io {
+                op: "delete",
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+struct LocalObject {
+    key: String,
+    root: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl LocalObject {
+    fn finish(&mut self) -> io::Result<()> {
+        let out = self.out.take().expect("commit runs once");
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let dest = self.root.join(&self.key);
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        create_dirs_synced(&self.root, &parent)?;
+        std::fs::rename(&self.tmp, &dest)?;
+        sync_dir(&parent)
+    }
+}
+
+impl Write for LocalObject {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.as_mut().expect("not committed").write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.out.as_mut().expect("not committed").write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().expect("not committed").flush()
+    }
+}
+
+impl ObjectWriter for LocalObject {
+    fn commit(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.finish().map_err(|source| SinkError::Io {
+            op: "commit",
+            key: self.key.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for LocalObject {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            // Not committed: discard.
+            self.out = None;
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing ancestors below `root`, fsyncing each parent whose listing changed.
+fn create_dirs_synced(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.is_dir() && cur != root {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_makes_object_visible_and_drop_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut w = store.create("a/b/c.txt").unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(
+            !dir.path().join("a/b/c.txt").exists(),
+            "visible before commit"
+        );
+        w.commit().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a/b/c.txt")).unwrap(),
+            b"hello"
+        );
+
+        let mut w = store.create("a/b/d.txt").unwrap();
+        w.write_all(b"nope").unwrap();
+        drop(w);
+        assert!(!dir.path().join("a/b/d.txt").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(),
+            0
+        );
+
+        // Replays overwrite.
+        let mut w = store.create("a/b/c.txt").unwrap();
+        w.write_all(b"again").unwrap();
+        w.commit().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a/b/c.txt")).unwrap(),
+            b"again"
+        );
+        store.delete("a/b/c.txt").unwrap();
+        store.delete("a/b/c.txt").unwrap();
+        assert!(!dir.path().join("a/b/c.txt").exists());
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        for bad in ["../x", "/etc/x", "a//b", "a/./b", ""] {
+            assert!(store.create(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

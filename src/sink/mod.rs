@@ -1,0 +1,63 @@
+//! Destinations. An [`ObjectStore`] takes whole objects as a byte stream and makes each visible under
+//! its key atomically on commit, so a reader never sees a partial object and a replay overwrites.
+
+mod local;
+
+use std::io::Write;
+
+pub use local::LocalStore;
+
+/// Errors of a destination.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object key {key:?} is invalid: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+}
+
+/// An object store: the S3 destination's backend.
+pub trait ObjectStore: Send + Sync {
+    /// Starts an object under `key`. Nothing is visible until [`ObjectWriter::commit`]; dropping the
+    /// writer without committing discards it.
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, SinkError>;
+    /// Removes an object if it exists.
+    fn delete(&self, key: &str) -> Result<(), SinkError>;
+    /// Where the store writes, for logs and DescribeDeliveryStream.
+    fn describe(&self) -> String;
+}
+
+/// An object being written.
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object durable and visible under its key, replacing any object already there.
+    fn commit(self: Box<Self>) -> Result<(), SinkError>;
+}
+
+/// Checks that `key` is a relative path of non-empty, non-dot segments, so that it cannot escape the
+/// store's root.
+pub fn check_key(key: &str) -> Result<(), SinkError> {
+    let bad = |reason| {
+        Err(SinkError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    if key.is_empty() || key.len() > 1024 {
+        return bad("must be 1 to 1024 bytes");
+    }
+    if key.starts_with('/') {
+        return bad("must not start with '/'");
+    }
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\0'))
+    {
+        return bad("has an empty, '.', '..' or NUL-containing segment");
+    }
+    Ok(())
+}

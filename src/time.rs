@@ -1,0 +1,90 @@
+//! UTC calendar arithmetic for object names and prefixes (no time-zone database needed for UTC).
+
+/// A UTC calendar instant broken into fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcDateTime {
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+    pub day_of_year: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub millis: u32,
+}
+
+impl UtcDateTime {
+    /// Breaks milliseconds since the Unix epoch into calendar fields (proleptic Gregorian).
+    pub fn from_epoch_ms(ms: i64) -> UtcDateTime {
+        let days = ms.div_euclid(86_400_000);
+        let in_day = ms.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let jan1 = days_from_civil(year, 1, 1);
+        UtcDateTime {
+            year,
+            month,
+            day,
+            day_of_year: (days - jan1 + 1) as u32,
+            hour: (in_day / 3_600_000) as u32,
+            minute: (in_day / 60_000 % 60) as u32,
+            second: (in_day / 1000 % 60) as u32,
+            millis: (in_day % 1000) as u32,
+        }
+    }
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(z: i64) -> (i32, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
+}
+
+/// Inverse of [`civil_from_days`].
+fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y as i64 - 1 } else { y as i64 };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_instants() {
+        let t = UtcDateTime::from_epoch_ms(0);
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.day_of_year),
+            (1970, 1, 1, 0, 1)
+        );
+        let t = UtcDateTime::from_epoch_ms(1_709_190_489_123); // 2024-02-29T07:08:09.123Z
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis),
+            (2024, 2, 29, 7, 8, 9, 123)
+        );
+        assert_eq!(t.day_of_year, 60);
+        let t = UtcDateTime::from_epoch_ms(1_735_689_599_999); // 2024-12-31T23:59:59.999Z
+        assert_eq!((t.year, t.month, t.day, t.day_of_year), (2024, 12, 31, 366));
+    }
+
+    proptest! {
+        #[test]
+        fn days_round_trip(days in -1_000_000i64..1_000_000) {
+            let (y, m, d) = civil_from_days(days);
+            prop_assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+}
