@@ -280,17 +280,36 @@ impl BufferingHints {
     }
 }
 
-/// Deserializes an integer and checks it lies in `MIN..=MAX`.
+/// Deserializes an integer and checks it lies in `MIN..=MAX`. The check runs inside the visitor, so
+/// the parser reports the error at the value with its full field path.
 fn in_range<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
     d: D,
 ) -> Result<u64, D::Error> {
-    let v = i128::deserialize(d)?;
-    if v < MIN as i128 || v > MAX as i128 {
-        return Err(de::Error::custom(format!(
-            "must be between {MIN} and {MAX}, got {v}"
-        )));
+    struct Range<const MIN: u64, const MAX: u64>;
+    impl<const MIN: u64, const MAX: u64> de::Visitor<'_> for Range<MIN, MAX> {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an integer between {MIN} and {MAX}")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if (MIN..=MAX).contains(&v) {
+                Ok(v)
+            } else {
+                Err(E::custom(format!(
+                    "must be between {MIN} and {MAX}, got {v}"
+                )))
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::custom(format!(
+                    "must be between {MIN} and {MAX}, got {v}"
+                ))),
+            }
+        }
     }
-    Ok(v as u64)
+    d.deserialize_u64(Range::<MIN, MAX>)
 }
 
 fn unique_streams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DeliveryStreamConfig>, D::Error> {

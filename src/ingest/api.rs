@@ -133,6 +133,7 @@ fn lookup<'s>(streams: &'s Streams, name: &str) -> Result<&'s IngestStream, ApiE
 }
 
 /// Records decoded from base64 into one buffer: `ends[i]` is where record `i` ends.
+#[derive(Debug)]
 struct DecodedRecords {
     data: Vec<u8>,
     ends: Vec<usize>,

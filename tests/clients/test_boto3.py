@@ -55,14 +55,17 @@ def blob(size: int, seed: int) -> bytes:
 
 
 def expect_error(call, code: str, status: int = 400) -> ClientError:
-    with pytest.raises(ClientError) as info:
-        call()
-    err = info.value.response.get("Error", {})
-    got_status = info.value.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    assert err.get("Code") == code, f"expected error {code}, got {err.get('Code')!r}: {err}"
-    assert got_status == status, f"expected HTTP {status} for {code}, got {got_status}"
-    assert err.get("Message"), f"{code} came back without a message: {info.value.response}"
-    return info.value
+    try:
+        resp = call()
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        got_status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        assert err.get("Code") == code, f"expected error {code}, got {err.get('Code')!r}: {err}"
+        assert got_status == status, f"expected HTTP {status} for {code}, got {got_status}"
+        assert err.get("Message"), f"{code} came back without a message: {e.response}"
+        return e
+    resp.pop("ResponseMetadata", None)
+    pytest.fail(f"expected {code} (HTTP {status}), but the request succeeded: {str(resp)[:300]}")
 
 
 def assert_batch_ok(resp: dict, n: int) -> list[str]:

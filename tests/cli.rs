@@ -1,0 +1,118 @@
+//! The command line: validate, help and version, and every example config running as-is.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn validate(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+fn examples() -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn every_example_config_validates() {
+    for path in examples() {
+        let out = validate(&path);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_example_config_runs_and_delivers() {
+    for path in examples() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon::start(&path, dir.path());
+        let mut conn = Connection::open(daemon.addr).unwrap();
+        let (status, body) =
+            put_batch(&mut conn, "events", &[b"hello".to_vec(), b"world".to_vec()]).unwrap();
+        assert_eq!(status, 200, "{}: {body}", path.display());
+        assert!(daemon.terminate().success(), "{}", path.display());
+        let lines = lake_lines(&daemon.lake());
+        assert_eq!(lines.len(), 2, "{}", path.display());
+    }
+}
+
+#[test]
+fn invalid_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let yaml = stream_config(1, "{ size_mib: 200, interval_s: 60 }", "none", "");
+    std::fs::write(
+        &path,
+        yaml.replace("${SPILLWAY_LISTEN}", "127.0.0.1:0")
+            .replace("${SPILLWAY_DATA_DIR}", "/tmp/x")
+            .replace("${SPILLWAY_LAKE}", "/tmp/y"),
+    )
+    .unwrap();
+    let out = validate(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:13:", path.display())), "{err}");
+    assert!(err.contains("buffering.size_mib"), "{err}");
+    assert!(err.contains("between 1 and 128, got 200"), "{err}");
+
+    let out = validate(&dir.path().join("missing.yaml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+
+    // `run` refuses an invalid config the same way.
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unset_variable_without_default_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.yaml");
+    std::fs::write(&path, "data_dir: ${SPILLWAY_SURELY_UNSET_VAR}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("SPILLWAY_SURELY_UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":1: environment variable SPILLWAY_SURELY_UNSET_VAR is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("spillway "));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("run") && help.contains("validate"), "{help}");
+    let out = Command::new(BIN).arg("bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
