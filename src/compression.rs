@@ -36,7 +36,7 @@ impl Compression {
                 inner,
                 flate2::Compression::default(),
             )),
-            Compression::Snappy => Encoder::Snappy(snap::write::FrameEncoder::new(inner)),
+            Compression::Snappy => Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(inner))),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }
@@ -46,7 +46,7 @@ impl Compression {
 pub enum Encoder<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
-    Snappy(snap::write::FrameEncoder<W>),
+    Snappy(Box<snap::write::FrameEncoder<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 

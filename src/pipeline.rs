@@ -118,7 +118,8 @@ impl Pipeline {
         self.shard.pin(&settings.name, ck.next_sequence());
         let mut reader = self
             .shard
-            .reader(StartingPosition::AtSequenceNumber(ck.next_sequence()));
+            .reader(StartingPosition::AtSequenceNumber(ck.next_sequence()))
+            .drop_cache_behind();
         // While replaying, the object must end exactly where the interrupted one did.
         let mut boundary = ck.in_flight;
         let mut open: Option<ObjectBuffer> = None;

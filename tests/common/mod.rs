@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 pub const BIN: &str = env!("CARGO_BIN_EXE_spillway");
 
 /// A free loopback port (bound then released).
@@ -217,7 +215,7 @@ impl Connection {
 }
 
 pub fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
+    base64_simd::STANDARD.encode_to_string(data)
 }
 
 /// A PutRecordBatch body.
