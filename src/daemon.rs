@@ -22,6 +22,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// delivered, or the grace period is over (the rest stays in the log for the next start).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let opts = config.log.options();
+    let instance = crate::log::instance_id(&config.data_dir)
+        .with_context(|| format!("reading the instance id in {}", config.data_dir.display()))?;
     let checkpoints = CheckpointStore::new(config.data_dir.join("checkpoints"));
     let drain = Arc::new(AtomicBool::new(false));
     let mut streams = Streams::new();
@@ -38,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .with_context(|| format!("opening the log of delivery stream {}", ds.name))?,
         );
-        let (settings, store, destination) = destination(ds)?;
+        let (settings, store, destination) = destination(ds, &instance)?;
         for shard in log.shards() {
             let pipeline = Pipeline::new(
                 Arc::clone(&settings),
@@ -124,6 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Builds a stream's delivery settings and object store; also returns its DescribeDeliveryStream view.
 fn destination(
     ds: &DeliveryStreamConfig,
+    instance: &str,
 ) -> anyhow::Result<(
     Arc<DeliverySettings>,
     Arc<dyn ObjectStore>,
@@ -135,6 +138,7 @@ fn destination(
         LocalStore::open(dir).with_context(|| format!("opening the lake {}", dir.display()))?,
     );
     let settings = Arc::new(DeliverySettings {
+        instance: instance.to_string(),
         name: ds.name.to_string(),
         version: 1,
         delimiter: if ds.appends_delimiter() {

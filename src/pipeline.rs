@@ -30,6 +30,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// What a delivery stream does with the records of its shards.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
+    /// Identifies the data directory (see [`crate::log::instance_id`]); part of object ids.
+    pub instance: String,
     pub name: String,
     /// Firehose's destination version, part of every object name.
     pub version: u32,
@@ -167,7 +169,7 @@ impl Pipeline {
     fn open_object(&self, first: &LogRecord) -> Result<ObjectBuffer, SinkError> {
         let s = &*self.settings;
         let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
-        let id = prefix::object_id(&s.name, self.shard.id().0, first.sequence.0);
+        let id = prefix::object_id(&s.instance, &s.name, self.shard.id().0, first.sequence.0);
         let key = prefix::object_key(
             &s.prefix.render(&at, &id),
             &s.name,

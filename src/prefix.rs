@@ -263,11 +263,12 @@ pub fn object_key(
     )
 }
 
-/// A UUID-shaped id that is a pure function of what the object holds (stream, shard, first sequence
-/// number), so that a replayed object lands under the same key.
-pub fn object_id(stream: &str, shard: u32, first_sequence: u64) -> String {
+/// A UUID-shaped id that is a pure function of what the object holds (the daemon instance whose log
+/// holds the records, stream, shard, first sequence number), so that a replayed object lands under
+/// the same key, while two daemons with separate data directories never collide in a shared lake.
+pub fn object_id(instance: &str, stream: &str, shard: u32, first_sequence: u64) -> String {
     use md5::{Digest, Md5};
-    let d = Md5::digest(format!("{stream}\0{shard}\0{first_sequence}").as_bytes());
+    let d = Md5::digest(format!("{instance}\0{stream}\0{shard}\0{first_sequence}").as_bytes());
     let h: String = d.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -337,9 +338,14 @@ mod tests {
 
     #[test]
     fn object_key_has_firehose_shape() {
-        let id = object_id("events", 3, 42);
-        assert_eq!(id, object_id("events", 3, 42));
-        assert_ne!(id, object_id("events", 3, 43));
+        let id = object_id("i1", "events", 3, 42);
+        assert_eq!(id, object_id("i1", "events", 3, 42));
+        assert_ne!(id, object_id("i1", "events", 3, 43));
+        assert_ne!(
+            id,
+            object_id("i2", "events", 3, 42),
+            "another data directory, another id"
+        );
         let key = object_key("2024/02/29/07/", "events", 1, &at(), &id, ".gz");
         assert_eq!(
             key,

@@ -284,3 +284,22 @@ impl Command {
             .success());
     }
 }
+
+/// Object ids include the data directory's identity: two daemons delivering the same stream into one
+/// lake in the same second never overwrite each other's objects.
+#[test]
+fn two_daemons_sharing_a_lake_do_not_collide() {
+    let lake = tempfile::tempdir().unwrap();
+    let config = stream_config(1, "{ size_mib: 5, interval_s: 900 }", "none", "")
+        .replace("${SPILLWAY_LAKE}", &lake.path().display().to_string());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut da = Daemon::start_yaml(&config, a.path());
+    let mut db = Daemon::start_yaml(&config, b.path());
+    let sent = records(10, "shared");
+    send_all(&da, &sent);
+    send_all(&db, &sent);
+    assert!(da.terminate().success());
+    assert!(db.terminate().success());
+    assert_eq!(lake_objects(lake.path()).len(), 2);
+    assert_eq!(lake_lines(lake.path()).len(), 20);
+}

@@ -150,3 +150,52 @@ pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), LogError> {
         .and_then(|d| d.sync_all())
         .map_err(LogError::io(dir))
 }
+
+/// The identity of a data directory: 128 random bits, created on first use and kept in
+/// `<data_dir>/instance-id`. Object ids include it, so replays from this log reproduce their keys
+/// while a daemon with another data directory writing into the same lake cannot collide.
+pub fn instance_id(data_dir: &std::path::Path) -> Result<String, LogError> {
+    use std::io::Read;
+    let path = data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 32 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Ok(id.trim().to_string())
+        }
+        Ok(_) => {
+            return Err(LogError::BadCheckpoint {
+                path,
+                reason: "expected 32 hex digits".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(LogError::Io { path, source: e }),
+    }
+    std::fs::create_dir_all(data_dir).map_err(LogError::io(data_dir))?;
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(LogError::io("/dev/urandom"))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join("instance-id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(LogError::io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(LogError::io(&path))?;
+    sync_dir(data_dir)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = super::instance_id(dir.path()).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(super::instance_id(dir.path()).unwrap(), a);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(super::instance_id(other.path()).unwrap(), a);
+        std::fs::write(dir.path().join("instance-id"), "garbage").unwrap();
+        assert!(super::instance_id(dir.path()).is_err());
+    }
+}
