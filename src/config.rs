@@ -36,6 +36,8 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
     #[serde(deserialize_with = "unique_streams")]
     pub delivery_streams: Vec<DeliveryStreamConfig>,
 }
@@ -97,6 +99,31 @@ impl LogConfig {
             segment_bytes: self.segment_mib << 20,
             retention: Duration::from_secs(self.retention_hours * 3600),
             max_pending_bytes: (self.max_pending_mib << 20) as usize,
+        }
+    }
+}
+
+/// Tunables of the Direct PUT endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Request bytes the endpoint holds at once (bodies being read, parsed and made durable); past
+    /// it, requests get ServiceUnavailableException (503) instead of growing memory.
+    #[serde(
+        default = "default_inflight_mib",
+        deserialize_with = "in_range::<_, 16, 65536>"
+    )]
+    pub max_inflight_mib: u64,
+}
+
+fn default_inflight_mib() -> u64 {
+    256
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_inflight_mib: default_inflight_mib(),
         }
     }
 }

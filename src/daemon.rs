@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the endpoint to {}", config.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "spillway listening");
-    let endpoint = Endpoint::new(streams);
+    let endpoint = Endpoint::new(streams, (config.ingest.max_inflight_mib << 20) as usize);
     let server = tokio::spawn(ingest::serve(listener, Arc::clone(&endpoint)));
     let retention = {
         let logs = logs.clone();

@@ -22,8 +22,8 @@ use crate::prefix::{self, PrefixTemplate};
 use crate::sink::{ObjectStore, SinkError};
 use crate::time::UtcDateTime;
 
-/// Bytes read from the log per step.
-const READ_BYTES: usize = 4 << 20;
+/// Bytes read from the log per step (the pipeline's read buffer).
+const READ_BYTES: usize = 1 << 20;
 /// Longest a pipeline sleeps before it looks at the drain flag again.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -81,7 +81,7 @@ impl Pipeline {
     pub fn run(self) {
         let mut backoff = Backoff::new();
         loop {
-            match self.deliver() {
+            match self.deliver(&mut backoff) {
                 Ok(()) => return,
                 Err(e) => {
                     let wait = backoff.next();
@@ -114,7 +114,7 @@ impl Pipeline {
         Ok(ck)
     }
 
-    fn deliver(&self) -> Result<(), PipelineError> {
+    fn deliver(&self, backoff: &mut Backoff) -> Result<(), PipelineError> {
         let settings = &*self.settings;
         let ck = self.load_checkpoint()?;
         self.shard.pin(&settings.name, ck.next_sequence());
@@ -128,11 +128,22 @@ impl Pipeline {
         loop {
             let batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
             if batch.is_empty() {
+                if let Some(b) = &boundary {
+                    if b.last >= self.shard.durable_end().0 {
+                        // Only possible if the log lost records it had made durable (e.g. files
+                        // removed by hand): deliver what there is instead of waiting forever.
+                        tracing::error!(stream = %settings.name, shard = %self.shard.id(), last = b.last,
+                            "records of the interrupted object are missing from the log");
+                        boundary = None;
+                        continue;
+                    }
+                }
                 let draining = self.drain.load(Ordering::Acquire);
                 if let Some(obj) = &open {
                     let due = obj.time_left(&settings.hints).is_zero();
                     if boundary.is_none() && (due || draining) {
                         self.flush(open.take().expect("checked"), &mut boundary)?;
+                        backoff.reset();
                         continue;
                     }
                 } else if draining {
@@ -156,11 +167,13 @@ impl Pipeline {
                 };
                 if full {
                     self.flush(open.take().expect("just used"), &mut boundary)?;
+                    backoff.reset();
                 }
             }
             if let Some(obj) = &open {
                 if boundary.is_none() && obj.time_left(&settings.hints).is_zero() {
                     self.flush(open.take().expect("checked"), &mut boundary)?;
+                    backoff.reset();
                 }
             }
         }
@@ -248,6 +261,11 @@ impl Backoff {
             current: Duration::from_millis(100),
             seed,
         }
+    }
+
+    /// Back to the shortest wait, after delivery succeeded again.
+    fn reset(&mut self) {
+        self.current = Duration::from_millis(100);
     }
 
     fn next(&mut self) -> Duration {

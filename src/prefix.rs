@@ -124,6 +124,14 @@ impl PrefixTemplate {
                 "prefix evaluates to more than {MAX_EVALUATED_PREFIX_CHARS} characters"
             ));
         }
+        // Filesystems (the local lake, and S3-compatible stores backed by one) cap a name at 255
+        // bytes; a longer segment could never be written.
+        if sample.split('/').any(|seg| seg.len() > 255) {
+            return Err("a prefix path segment (between '/') is longer than 255 bytes".into());
+        }
+        if sample.contains("//") {
+            return Err("prefix must not contain an empty path segment ('//')".into());
+        }
         Ok(template)
     }
 
@@ -333,7 +341,12 @@ mod tests {
             PrefixTemplate::parse(&"a".repeat(600)).is_err(),
             "evaluates over 512"
         );
-        PrefixTemplate::parse(&"a".repeat(497)).unwrap();
+        PrefixTemplate::parse(&format!("{}/{}", "a".repeat(250), "b".repeat(240))).unwrap();
+        assert!(
+            PrefixTemplate::parse(&"a".repeat(256)).is_err(),
+            "segment over 255 bytes"
+        );
+        assert!(PrefixTemplate::parse("a//b/").is_err());
     }
 
     #[test]

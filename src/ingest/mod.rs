@@ -29,6 +29,8 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// Shared state of the endpoint.
 pub struct Endpoint {
     streams: Streams,
+    /// KiB of request bodies that may be held at once.
+    budget: Arc<tokio::sync::Semaphore>,
     accepting: AtomicBool,
     inflight: AtomicUsize,
     request_ids: AtomicU64,
@@ -44,9 +46,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Endpoint {
-    pub fn new(streams: Streams) -> Arc<Endpoint> {
+    /// An endpoint serving `streams` that holds at most `max_inflight_bytes` of requests at once.
+    pub fn new(streams: Streams, max_inflight_bytes: usize) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             streams,
+            budget: Arc::new(tokio::sync::Semaphore::new(
+                max_inflight_bytes.div_ceil(1024),
+            )),
             accepting: AtomicBool::new(true),
             inflight: AtomicUsize::new(0),
             request_ids: AtomicU64::new(0),
@@ -134,6 +140,37 @@ impl Endpoint {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let op = api::Operation::from_target(target.as_deref()).map_err(plain)?;
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = || {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("Request body exceeds the {MAX_BODY_BYTES}-byte limit"),
+                ),
+            )
+        };
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        // Charge the body against the in-flight budget before reading it (a body without a length
+        // is charged the maximum).
+        let charge = declared
+            .unwrap_or(MAX_BODY_BYTES as u64)
+            .div_ceil(1024)
+            .max(1) as u32;
+        let _permit = Arc::clone(&self.budget)
+            .try_acquire_many_owned(charge)
+            .map_err(|_| {
+                plain(ApiError::new(
+                    ErrorKind::ServiceUnavailable,
+                    "Slow down: too many request bytes in flight. Back off and retry.",
+                ))
+            })?;
         let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
             .collect()
             .await

@@ -41,10 +41,11 @@ impl LocalStore {
 impl ObjectStore for LocalStore {
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, SinkError> {
         check_key(key)?;
+        // One writer per key at a time; a hash keeps the name short whatever the key's length.
         let tmp = self
             .root
             .join(TMP_DIR)
-            .join(format!("{}.tmp", key.replace('/', "%2F")));
+            .join(format!("{}.tmp", key_hash(key)));
         let file = File::create(&tmp).map_err(|source| SinkError::Io {
             op: "create",
             key: key.to_string(),
@@ -226,6 +227,14 @@ fn advise_dontneed(file: &File, offset: u64, len: u64) {
     }
 }
 
+fn key_hash(key: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -293,6 +302,17 @@ mod tests {
         store.delete("a/b/c.txt").unwrap();
         store.delete("a/b/c.txt").unwrap();
         assert!(!dir.path().join("a/b/c.txt").exists());
+    }
+
+    #[test]
+    fn long_keys_get_short_temporary_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let key = format!("{}/{}/x", "a".repeat(250), "b".repeat(250));
+        let mut w = store.create(&key).unwrap();
+        w.write_all(b"long").unwrap();
+        w.commit().unwrap();
+        assert_eq!(std::fs::read(dir.path().join(&key)).unwrap(), b"long");
     }
 
     #[test]
