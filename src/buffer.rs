@@ -34,8 +34,11 @@ impl ObjectBuffer {
         first: &LogRecord,
     ) -> Result<ObjectBuffer, SinkError> {
         let writer = store.create(&key)?;
+        // A ZIP's one entry is named like the object, without directories or the `.zip`.
+        let entry = key.rsplit('/').next().unwrap_or(&key);
+        let entry = entry.strip_suffix(".zip").unwrap_or(entry);
         let encoder = compression
-            .encoder(writer)
+            .encoder(writer, entry)
             .map_err(|source| SinkError::Io {
                 op: "start compressor for",
                 key: key.clone(),

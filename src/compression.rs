@@ -12,8 +12,14 @@ pub enum Compression {
     #[default]
     None,
     Gzip,
+    /// A ZIP archive with one deflated entry named like the object without `.zip`.
+    Zip,
     /// The Snappy framing format (what Firehose calls `Snappy`).
     Snappy,
+    /// Hadoop's block format (`HADOOP_SNAPPY`): per block of ≤ 256 KiB, the raw length and the
+    /// compressed length as big-endian u32, then the raw Snappy block. Readable by Hadoop's
+    /// `SnappyCodec` (Hive, Spark), hence Hadoop's `.snappy` extension.
+    HadoopSnappy,
     Zstd,
 }
 
@@ -23,13 +29,26 @@ impl Compression {
         match self {
             Compression::None => "",
             Compression::Gzip => ".gz",
-            Compression::Snappy => ".snappy",
+            Compression::Zip => ".zip",
+            Compression::Snappy | Compression::HadoopSnappy => ".snappy",
             Compression::Zstd => ".zst",
         }
     }
 
-    /// Wraps `inner` in a streaming encoder of this format.
-    pub fn encoder<W: Write>(self, inner: W) -> io::Result<Encoder<W>> {
+    /// The name Firehose shows for this format (`CompressionFormat`).
+    pub fn firehose_name(self) -> &'static str {
+        match self {
+            Compression::None => "UNCOMPRESSED",
+            Compression::Gzip => "GZIP",
+            Compression::Zip => "ZIP",
+            Compression::Snappy => "Snappy",
+            Compression::HadoopSnappy => "HADOOP_SNAPPY",
+            Compression::Zstd => "ZSTD",
+        }
+    }
+
+    /// Wraps `inner` in a streaming encoder of this format; `entry_name` names the entry of a ZIP.
+    pub fn encoder<W: Write>(self, inner: W, entry_name: &str) -> io::Result<Encoder<W>> {
         Ok(match self {
             Compression::None => Encoder::None(inner),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
@@ -37,6 +56,8 @@ impl Compression {
                 flate2::Compression::default(),
             )),
             Compression::Snappy => Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(inner))),
+            Compression::HadoopSnappy => Encoder::HadoopSnappy(HadoopSnappy::new(inner)),
+            Compression::Zip => Encoder::Zip(Box::new(ZipEntry::new(inner, entry_name)?)),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }
@@ -47,6 +68,8 @@ pub enum Encoder<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
     Snappy(Box<snap::write::FrameEncoder<W>>),
+    HadoopSnappy(HadoopSnappy<W>),
+    Zip(Box<ZipEntry<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -57,6 +80,8 @@ impl<W: Write> Encoder<W> {
             Encoder::None(w) => Ok(w),
             Encoder::Gzip(e) => e.finish(),
             Encoder::Snappy(e) => e.into_inner().map_err(|e| e.into_error()),
+            Encoder::HadoopSnappy(e) => e.finish(),
+            Encoder::Zip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
         }
     }
@@ -68,6 +93,8 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.write(buf),
             Encoder::Gzip(e) => e.write(buf),
             Encoder::Snappy(e) => e.write(buf),
+            Encoder::HadoopSnappy(e) => e.write(buf),
+            Encoder::Zip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
         }
     }
@@ -76,6 +103,8 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.write_all(buf),
             Encoder::Gzip(e) => e.write_all(buf),
             Encoder::Snappy(e) => e.write_all(buf),
+            Encoder::HadoopSnappy(e) => e.write_all(buf),
+            Encoder::Zip(e) => e.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
         }
     }
@@ -84,8 +113,185 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.flush(),
             Encoder::Gzip(e) => e.flush(),
             Encoder::Snappy(e) => e.flush(),
+            Encoder::HadoopSnappy(e) => e.flush(),
+            Encoder::Zip(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
         }
+    }
+}
+
+/// Raw bytes per Hadoop Snappy block (Hadoop's default `io.compression.codec.snappy.buffersize`).
+const HADOOP_BLOCK: usize = 256 << 10;
+
+/// Hadoop's `BlockCompressorStream` framing around raw Snappy blocks.
+pub struct HadoopSnappy<W: Write> {
+    inner: W,
+    block: Vec<u8>,
+    encoder: snap::raw::Encoder,
+}
+
+impl<W: Write> HadoopSnappy<W> {
+    fn new(inner: W) -> Self {
+        HadoopSnappy {
+            inner,
+            block: Vec::with_capacity(HADOOP_BLOCK),
+            encoder: snap::raw::Encoder::new(),
+        }
+    }
+
+    fn emit_block(&mut self) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let compressed = self
+            .encoder
+            .compress_vec(&self.block)
+            .map_err(io::Error::other)?;
+        self.inner
+            .write_all(&(self.block.len() as u32).to_be_bytes())?;
+        self.inner
+            .write_all(&(compressed.len() as u32).to_be_bytes())?;
+        self.inner.write_all(&compressed)?;
+        self.block.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.emit_block()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for HadoopSnappy<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(HADOOP_BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == HADOOP_BLOCK {
+            self.emit_block()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<W: Write> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A ZIP archive holding one deflated entry, written as a stream: the local header carries no sizes
+/// (general-purpose flag bit 3) and a data descriptor follows the data. The entry's timestamp is fixed
+/// (1980-01-01) so that a replayed object is byte-identical. Objects stay far below 4 GiB, so no ZIP64.
+pub struct ZipEntry<W: Write> {
+    deflate: flate2::write::DeflateEncoder<Counting<W>>,
+    name: Vec<u8>,
+    crc: crc32fast::Hasher,
+    raw_len: u64,
+    header_len: u64,
+}
+
+const ZIP_DOS_DATE_1980_01_01: u16 = 0x0021;
+
+impl<W: Write> ZipEntry<W> {
+    fn new(mut inner: W, name: &str) -> io::Result<Self> {
+        let name = name.as_bytes().to_vec();
+        let mut h = Vec::with_capacity(30 + name.len());
+        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes()); // local file header
+        h.extend_from_slice(&20u16.to_le_bytes()); // version needed: 2.0
+        h.extend_from_slice(&0x0008u16.to_le_bytes()); // sizes in the data descriptor
+        h.extend_from_slice(&8u16.to_le_bytes()); // deflate
+        h.extend_from_slice(&0u16.to_le_bytes()); // time
+        h.extend_from_slice(&ZIP_DOS_DATE_1980_01_01.to_le_bytes());
+        h.extend_from_slice(&[0; 12]); // crc, compressed and raw size: in the descriptor
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        h.extend_from_slice(&name);
+        inner.write_all(&h)?;
+        Ok(ZipEntry {
+            deflate: flate2::write::DeflateEncoder::new(
+                Counting { inner, count: 0 },
+                flate2::Compression::default(),
+            ),
+            name,
+            crc: crc32fast::Hasher::new(),
+            raw_len: 0,
+            header_len: h.len() as u64,
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        let ZipEntry {
+            deflate,
+            name,
+            crc,
+            raw_len,
+            header_len,
+        } = self;
+        let Counting {
+            inner: mut out,
+            count: compressed,
+        } = deflate.finish()?;
+        let crc = crc.finalize();
+        let too_big = |what| io::Error::other(format!("ZIP {what} over 4 GiB"));
+        let compressed = u32::try_from(compressed).map_err(|_| too_big("entry"))?;
+        let raw = u32::try_from(raw_len).map_err(|_| too_big("entry"))?;
+        let mut t = Vec::with_capacity(16 + 46 + name.len() + 22);
+        t.extend_from_slice(&0x0807_4b50u32.to_le_bytes()); // data descriptor
+        t.extend_from_slice(&crc.to_le_bytes());
+        t.extend_from_slice(&compressed.to_le_bytes());
+        t.extend_from_slice(&raw.to_le_bytes());
+        let directory_at = header_len + u64::from(compressed) + 16;
+        let directory_at = u32::try_from(directory_at).map_err(|_| too_big("archive"))?;
+        t.extend_from_slice(&0x0201_4b50u32.to_le_bytes()); // central directory header
+        t.extend_from_slice(&20u16.to_le_bytes()); // made by: 2.0
+        t.extend_from_slice(&20u16.to_le_bytes()); // needed: 2.0
+        t.extend_from_slice(&0x0008u16.to_le_bytes());
+        t.extend_from_slice(&8u16.to_le_bytes());
+        t.extend_from_slice(&0u16.to_le_bytes());
+        t.extend_from_slice(&ZIP_DOS_DATE_1980_01_01.to_le_bytes());
+        t.extend_from_slice(&crc.to_le_bytes());
+        t.extend_from_slice(&compressed.to_le_bytes());
+        t.extend_from_slice(&raw.to_le_bytes());
+        t.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        t.extend_from_slice(&[0; 12]); // extra, comment, disk, internal attrs; then external attrs
+        t.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+        t.extend_from_slice(&name);
+        let directory_len = (46 + name.len()) as u32;
+        t.extend_from_slice(&0x0605_4b50u32.to_le_bytes()); // end of central directory
+        t.extend_from_slice(&[0; 4]); // this disk, directory's disk
+        t.extend_from_slice(&1u16.to_le_bytes());
+        t.extend_from_slice(&1u16.to_le_bytes());
+        t.extend_from_slice(&directory_len.to_le_bytes());
+        t.extend_from_slice(&directory_at.to_le_bytes());
+        t.extend_from_slice(&0u16.to_le_bytes()); // comment length
+        out.write_all(&t)?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> Write for ZipEntry<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.deflate.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.raw_len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.deflate.flush()
     }
 }
 
@@ -109,6 +315,37 @@ mod tests {
                     .unwrap();
             }
             Compression::Zstd => out = zstd::decode_all(data).unwrap(),
+            Compression::HadoopSnappy => {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let raw = u32::from_be_bytes(rest[0..4].try_into().unwrap()) as usize;
+                    let len = u32::from_be_bytes(rest[4..8].try_into().unwrap()) as usize;
+                    let block = snap::raw::Decoder::new()
+                        .decompress_vec(&rest[8..8 + len])
+                        .unwrap();
+                    assert_eq!(block.len(), raw);
+                    assert!(raw <= HADOOP_BLOCK);
+                    out.extend(block);
+                    rest = &rest[8 + len..];
+                }
+            }
+            Compression::Zip => {
+                // Local header, deflate data, data descriptor; checked against the central directory.
+                assert_eq!(&data[0..4], &[0x50, 0x4b, 0x03, 0x04]);
+                let name_len = u16::from_le_bytes([data[26], data[27]]) as usize;
+                assert_eq!(&data[30..30 + name_len], b"entry");
+                let mut d = flate2::read::DeflateDecoder::new(&data[30 + name_len..]);
+                d.read_to_end(&mut out).unwrap();
+                let eocd = &data[data.len() - 22..];
+                assert_eq!(&eocd[0..4], &[0x50, 0x4b, 0x05, 0x06]);
+                let dir_at = u32::from_le_bytes(eocd[16..20].try_into().unwrap()) as usize;
+                let dir = &data[dir_at..];
+                assert_eq!(&dir[0..4], &[0x50, 0x4b, 0x01, 0x02]);
+                let crc = u32::from_le_bytes(dir[16..20].try_into().unwrap());
+                let raw = u32::from_le_bytes(dir[24..28].try_into().unwrap());
+                assert_eq!(raw as usize, out.len());
+                assert_eq!(crc, crc32fast::hash(&out));
+            }
         }
         out
     }
@@ -125,7 +362,7 @@ mod tests {
             Compression::Zstd,
         ] {
             let encode = || {
-                let mut e = c.encoder(Vec::new()).unwrap();
+                let mut e = c.encoder(Vec::new(), "entry").unwrap();
                 for chunk in payload.chunks(777) {
                     e.write_all(chunk).unwrap();
                 }

@@ -231,7 +231,8 @@ pub enum Destination {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Destination {
-    /// The object store: `file://<directory>` is the embedded local-filesystem lake.
+    /// Where objects go: `s3://<bucket>` (any S3-compatible store) or `file://<directory>` (the
+    /// embedded local-filesystem lake).
     pub url: LakeUrl,
     /// Key prefix; `!{timestamp:yyyy/MM/dd/HH/}` is appended when it has no timestamp expression.
     #[serde(default)]
@@ -240,6 +241,108 @@ pub struct S3Destination {
     pub buffering: BufferingHints,
     #[serde(default)]
     pub compression: Compression,
+    /// S3 endpoint URL; default: `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region; default: the AWS configuration chain (`AWS_REGION`, profile), else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Multipart part size: objects larger than this are uploaded in parts as they fill.
+    #[serde(
+        default = "default_part_mib",
+        deserialize_with = "in_range::<_, 5, 512>"
+    )]
+    pub part_mib: u64,
+    /// Longest wait for a response to start, or between two reads of it.
+    #[serde(
+        default = "default_request_timeout_s",
+        deserialize_with = "in_range::<_, 1, 3600>"
+    )]
+    pub request_timeout_s: u64,
+    /// How a replay avoids writing an object twice.
+    #[serde(default)]
+    pub conditional_create: ConditionalCreate,
+    #[serde(default)]
+    pub retry: RetryOptions,
+}
+
+fn default_part_mib() -> u64 {
+    8
+}
+fn default_request_timeout_s() -> u64 {
+    60
+}
+
+impl S3Destination {
+    /// The S3 location, when the destination is a bucket.
+    pub fn s3_location(&self) -> Option<S3Location> {
+        match &self.url {
+            LakeUrl::S3Bucket(bucket) => Some(S3Location {
+                bucket: bucket.clone(),
+                endpoint: self.endpoint.clone(),
+                region: self.region.clone(),
+                force_path_style: self.force_path_style,
+                part_mib: self.part_mib,
+                request_timeout_s: self.request_timeout_s,
+                conditional_create: self.conditional_create,
+                retry_duration_s: self.retry.duration_s,
+            }),
+            LakeUrl::LocalDirectory(_) => None,
+        }
+    }
+}
+
+/// Everything the S3 client needs.
+#[derive(Debug, Clone)]
+pub struct S3Location {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub part_mib: u64,
+    pub request_timeout_s: u64,
+    pub conditional_create: ConditionalCreate,
+    pub retry_duration_s: u64,
+}
+
+/// How an object write avoids replacing an object that an earlier attempt already wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionalCreate {
+    /// `If-None-Match: *`, falling back to HEAD checks if the store answers 501 Not Implemented.
+    #[default]
+    Auto,
+    /// Always `If-None-Match: *` (AWS S3, MinIO, R2 and most stores support it).
+    IfNoneMatch,
+    /// A HEAD request before each write, for stores without conditional writes.
+    Head,
+}
+
+/// Firehose `RetryOptions`: how long one request to the destination is retried with backoff before
+/// the attempt is given up and replayed from the log (records are never dropped for a store outage).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOptions {
+    #[serde(
+        default = "default_retry_s",
+        deserialize_with = "in_range::<_, 0, 604800>"
+    )]
+    pub duration_s: u64,
+}
+
+fn default_retry_s() -> u64 {
+    86_400
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        RetryOptions {
+            duration_s: default_retry_s(),
+        }
+    }
 }
 
 /// Where the objects of an S3 destination are stored.
@@ -247,20 +350,37 @@ pub struct S3Destination {
 pub enum LakeUrl {
     /// A directory on the local filesystem; object keys become relative paths inside it.
     LocalDirectory(PathBuf),
+    /// A bucket of an S3-compatible store.
+    S3Bucket(String),
 }
 
 impl<'de> Deserialize<'de> for LakeUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match s.strip_prefix("file://") {
-            Some(path) if !path.is_empty() => Ok(LakeUrl::LocalDirectory(PathBuf::from(path))),
-            Some(_) => Err(de::Error::custom(
-                "file:// URL needs a directory, e.g. file://./lake",
-            )),
-            None => Err(de::Error::custom(format!(
-                "unsupported store URL {s:?}: this build writes to file://<directory>"
-            ))),
+        if let Some(path) = s.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(de::Error::custom(
+                    "file:// URL needs a directory, e.g. file://./lake",
+                ));
+            }
+            return Ok(LakeUrl::LocalDirectory(PathBuf::from(path)));
         }
+        if let Some(bucket) = s.strip_prefix("s3://") {
+            let bucket = bucket.trim_end_matches('/');
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
+            if !valid {
+                return Err(de::Error::custom(format!(
+                    "{s:?} is not a valid bucket URL: s3://<bucket> with 3-63 characters a-z 0-9 . -"
+                )));
+            }
+            return Ok(LakeUrl::S3Bucket(bucket.to_string()));
+        }
+        Err(de::Error::custom(format!(
+            "unsupported store URL {s:?}: use s3://<bucket> or file://<directory>"
+        )))
     }
 }
 
@@ -529,9 +649,25 @@ mod tests {
     }
 
     #[test]
-    fn non_file_urls_are_rejected_clearly() {
-        let t = MINIMAL.replace("file://./lake", "s3://bucket");
-        let err = Config::parse(&t, "t").unwrap_err().to_string();
-        assert!(err.contains("unsupported store URL"), "{err}");
+    fn store_urls() {
+        let t = MINIMAL.replace("file://./lake", "s3://my-bucket");
+        let c = Config::parse(&t, "t").unwrap();
+        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        assert_eq!(s3.url, LakeUrl::S3Bucket("my-bucket".into()));
+        let loc = s3.s3_location().unwrap();
+        assert_eq!((loc.part_mib, loc.retry_duration_s), (8, 86_400));
+        for bad in ["http://x", "s3://", "s3://Upper", "s3://a", "file://"] {
+            let t = MINIMAL.replace("file://./lake", bad);
+            let err = Config::parse(&t, "t").unwrap_err().to_string();
+            assert!(err.contains("url"), "{bad}: {err}");
+        }
+        let t = MINIMAL.replace(
+            "{ url: 'file://./lake' }",
+            "{ url: 's3://b-1', part_mib: 4 }",
+        );
+        assert!(Config::parse(&t, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("between 5 and 512"));
     }
 }

@@ -13,7 +13,7 @@ use crate::config::{Config, DeliveryStreamConfig, Destination, LakeUrl, Source};
 use crate::ingest::{self, Endpoint, IngestStream, StreamInfo, Streams};
 use crate::log::{now_ms, CheckpointStore, StreamLog};
 use crate::pipeline::{DeliverySettings, Pipeline};
-use crate::sink::{LocalStore, ObjectStore};
+use crate::sink::{LocalStore, ObjectStore, S3Store};
 
 /// How often sealed segments are checked against retention.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .with_context(|| format!("opening the log of delivery stream {}", ds.name))?,
         );
-        let (settings, store, destination) = destination(ds, &instance)?;
+        let (settings, store, destination) = destination(ds, &instance, &config.data_dir).await?;
         for shard in log.shards() {
             let pipeline = Pipeline::new(
                 Arc::clone(&settings),
@@ -124,19 +124,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Builds a stream's delivery settings and object store; also returns its DescribeDeliveryStream view.
-fn destination(
+async fn destination(
     ds: &DeliveryStreamConfig,
     instance: &str,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<(
     Arc<DeliverySettings>,
     Arc<dyn ObjectStore>,
     serde_json::Value,
 )> {
     let Destination::S3(s3) = &ds.destination;
-    let LakeUrl::LocalDirectory(dir) = &s3.url;
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalStore::open(dir).with_context(|| format!("opening the lake {}", dir.display()))?,
-    );
+    let (store, bucket_arn): (Arc<dyn ObjectStore>, String) = match &s3.url {
+        LakeUrl::LocalDirectory(dir) => (
+            Arc::new(
+                LocalStore::open(dir)
+                    .with_context(|| format!("opening the lake {}", dir.display()))?,
+            ),
+            format!("arn:aws:s3:::{}", dir.display()),
+        ),
+        LakeUrl::S3Bucket(bucket) => {
+            let location = s3.s3_location().expect("an s3:// URL");
+            let state = data_dir.join("s3").join(ds.name.as_str());
+            let store = S3Store::open(&location, &state, tokio::runtime::Handle::current())
+                .await
+                .with_context(|| format!("opening s3://{bucket}"))?;
+            (Arc::new(store), format!("arn:aws:s3:::{bucket}"))
+        }
+    };
     let settings = Arc::new(DeliverySettings {
         instance: instance.to_string(),
         name: ds.name.to_string(),
@@ -150,15 +164,10 @@ fn destination(
         compression: s3.compression,
         prefix: s3.prefix.clone(),
     });
-    let compression = match s3.compression {
-        crate::compression::Compression::None => "UNCOMPRESSED",
-        crate::compression::Compression::Gzip => "GZIP",
-        crate::compression::Compression::Snappy => "Snappy",
-        crate::compression::Compression::Zstd => "ZSTD",
-    };
+    let compression = s3.compression.firehose_name();
     let description = serde_json::json!({
         "RoleARN": "arn:aws:iam::000000000000:role/spillway",
-        "BucketARN": format!("arn:aws:s3:::{}", dir.display()),
+        "BucketARN": bucket_arn,
         "Prefix": "",
         "BufferingHints": {"SizeInMBs": s3.buffering.size_mib, "IntervalInSeconds": s3.buffering.interval_s},
         "CompressionFormat": compression,

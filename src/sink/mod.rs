@@ -2,10 +2,12 @@
 //! its key atomically on commit, so a reader never sees a partial object and a replay overwrites.
 
 mod local;
+mod s3;
 
 use std::io::Write;
 
 pub use local::LocalStore;
+pub use s3::S3Store;
 
 /// Errors of a destination.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,9 @@ pub enum SinkError {
     },
     #[error("object key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    /// The store refused or failed a request after its retries.
+    #[error("{message}")]
+    Store { message: String, permanent: bool },
 }
 
 /// An object store: the S3 destination's backend.

@@ -286,6 +286,21 @@ pub fn read_object(path: &Path) -> Vec<u8> {
                 .unwrap();
         }
         Some("zst") => out = zstd::decode_all(&raw[..]).unwrap(),
+        // An independent reader: Python's zipfile.
+        Some("zip") => {
+            let got = std::process::Command::new("python3")
+                .args(["-c", "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\n(n,) = z.namelist()\nsys.stdout.buffer.write(z.read(n))"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(
+                got.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&got.stderr)
+            );
+            out = got.stdout;
+        }
         _ => out = raw,
     }
     out
