@@ -56,7 +56,7 @@ impl Compression {
                 flate2::Compression::default(),
             )),
             Compression::Snappy => Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(inner))),
-            Compression::HadoopSnappy => Encoder::HadoopSnappy(HadoopSnappy::new(inner)),
+            Compression::HadoopSnappy => Encoder::HadoopSnappy(Box::new(HadoopSnappy::new(inner))),
             Compression::Zip => Encoder::Zip(Box::new(ZipEntry::new(inner, entry_name)?)),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
@@ -68,7 +68,7 @@ pub enum Encoder<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
     Snappy(Box<snap::write::FrameEncoder<W>>),
-    HadoopSnappy(HadoopSnappy<W>),
+    HadoopSnappy(Box<HadoopSnappy<W>>),
     Zip(Box<ZipEntry<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }

@@ -354,14 +354,12 @@ pub enum LakeUrl {
     S3Bucket(String),
 }
 
-impl<'de> Deserialize<'de> for LakeUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl LakeUrl {
+    /// Parses `s3://<bucket>` or `file://<directory>`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<LakeUrl, String> {
         if let Some(path) = s.strip_prefix("file://") {
             if path.is_empty() {
-                return Err(de::Error::custom(
-                    "file:// URL needs a directory, e.g. file://./lake",
-                ));
+                return Err("file:// URL needs a directory, e.g. file://./lake".into());
             }
             return Ok(LakeUrl::LocalDirectory(PathBuf::from(path)));
         }
@@ -372,15 +370,32 @@ impl<'de> Deserialize<'de> for LakeUrl {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
                 });
             if !valid {
-                return Err(de::Error::custom(format!(
+                return Err(format!(
                     "{s:?} is not a valid bucket URL: s3://<bucket> with 3-63 characters a-z 0-9 . -"
-                )));
+                ));
             }
             return Ok(LakeUrl::S3Bucket(bucket.to_string()));
         }
-        Err(de::Error::custom(format!(
+        Err(format!(
             "unsupported store URL {s:?}: use s3://<bucket> or file://<directory>"
-        )))
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for LakeUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Validated inside the visitor so that the error carries the field's own path.
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = LakeUrl;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a store URL, s3://<bucket> or file://<directory>")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LakeUrl, E> {
+                LakeUrl::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
