@@ -16,7 +16,6 @@ use crate::sink::{ObjectStore, ObjectWriter, SinkError};
 pub struct ObjectBuffer {
     pub first: SequenceNumber,
     pub last: SequenceNumber,
-    pub oldest_arrival_ms: i64,
     pub key: String,
     /// Bytes written before compression.
     pub raw_bytes: u64,
@@ -47,7 +46,6 @@ impl ObjectBuffer {
         Ok(ObjectBuffer {
             first: first.sequence,
             last: first.sequence,
-            oldest_arrival_ms: first.arrival_ms,
             key,
             raw_bytes: 0,
             records: 0,
@@ -68,7 +66,6 @@ impl ObjectBuffer {
             self.encoder.write_all(delimiter).map_err(io)?;
         }
         self.last = record.sequence;
-        self.oldest_arrival_ms = self.oldest_arrival_ms.min(record.arrival_ms);
         self.raw_bytes += (record.data.len() + delimiter.len()) as u64;
         self.records += 1;
         Ok(())

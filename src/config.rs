@@ -141,6 +141,11 @@ impl StreamName {
                 s.len()
             ));
         }
+        if s == "." || s == ".." {
+            return Err(format!(
+                "delivery stream name {s:?} is reserved (it names directories)"
+            ));
+        }
         if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
@@ -635,7 +640,7 @@ mod tests {
 
     #[test]
     fn stream_names_are_checked() {
-        for bad in ["bad name", "", &"x".repeat(65)] {
+        for bad in ["bad name", "", &"x".repeat(65), ".", ".."] {
             let t = MINIMAL.replace("name: s", &format!("name: '{bad}'"));
             assert!(Config::parse(&t, "t").is_err(), "{bad:?} accepted");
         }

@@ -28,7 +28,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drain = Arc::new(AtomicBool::new(false));
     let mut streams = Streams::new();
     let mut logs = Vec::new();
-    let mut pipelines: Vec<JoinHandle<()>> = Vec::new();
+    let mut pipelines = Vec::new();
+    // Everything is opened before any pipeline starts: opening a store clears temporary files,
+    // which must not happen under a running pipeline of another stream sharing that lake.
     for ds in &config.delivery_streams {
         let Source::DirectPut(direct) = &ds.source;
         let log = Arc::new(
@@ -42,19 +44,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         let (settings, store, destination) = destination(ds, &instance, &config.data_dir).await?;
         for shard in log.shards() {
-            let pipeline = Pipeline::new(
+            // Pin until the pipeline knows its checkpoint, so retention cannot delete records a
+            // pipeline that cannot start yet has not delivered.
+            shard.pin(ds.name.as_str(), shard.trim_horizon());
+            pipelines.push(Pipeline::new(
                 Arc::clone(&settings),
                 Arc::clone(shard),
                 Arc::clone(&store),
                 checkpoints.clone(),
                 Arc::clone(&drain),
-            );
-            pipelines.push(
-                std::thread::Builder::new()
-                    .name(format!("deliver-{}-{}", ds.name, shard.id().0))
-                    .spawn(move || pipeline.run())
-                    .context("starting a pipeline thread")?,
-            );
+            ));
         }
         tracing::info!(stream = %ds.name, shards = log.shards().len(), store = %store.describe(), "delivery stream ready");
         streams.insert(
@@ -63,13 +62,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 log: Arc::clone(&log),
                 info: StreamInfo {
                     created_ms: now_ms(),
-                    shards: log.shards().len(),
                     destination,
                 },
             },
         );
         logs.push(log);
     }
+    let pipelines = pipelines
+        .into_iter()
+        .map(|p| {
+            std::thread::Builder::new()
+                .name(format!("deliver-{}-{}", p.stream(), p.shard().0))
+                .spawn(move || p.run())
+        })
+        .collect::<Result<Vec<JoinHandle<()>>, _>>()
+        .context("starting a pipeline thread")?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -168,7 +175,7 @@ async fn destination(
     let description = serde_json::json!({
         "RoleARN": "arn:aws:iam::000000000000:role/spillway",
         "BucketARN": bucket_arn,
-        "Prefix": "",
+        "Prefix": s3.prefix.as_configured(),
         "BufferingHints": {"SizeInMBs": s3.buffering.size_mib, "IntervalInSeconds": s3.buffering.interval_s},
         "CompressionFormat": compression,
         "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},

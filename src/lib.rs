@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod compression;
 pub mod config;
 pub mod daemon;
+pub mod fs;
 pub mod ingest;
 pub mod log;
 pub mod pipeline;

@@ -76,6 +76,16 @@ impl Pipeline {
         }
     }
 
+    /// The delivery stream's name.
+    pub fn stream(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The shard this pipeline consumes.
+    pub fn shard(&self) -> crate::log::ShardId {
+        self.shard.id()
+    }
+
     /// Delivers until drained: once the drain flag is set, everything durable in the shard is delivered
     /// and the function returns. Errors are logged and retried with backoff; they never end the loop.
     pub fn run(self) {
@@ -118,6 +128,11 @@ impl Pipeline {
         let settings = &*self.settings;
         let ck = self.load_checkpoint()?;
         self.shard.pin(&settings.name, ck.next_sequence());
+        if ck.next > self.shard.durable_end().0 {
+            tracing::error!(stream = %settings.name, shard = %self.shard.id(), checkpoint = ck.next,
+                durable_end = self.shard.durable_end().0,
+                "the checkpoint is ahead of the log (was the log deleted?); waiting for records to reach it");
+        }
         let mut reader = self
             .shard
             .reader(StartingPosition::AtSequenceNumber(ck.next_sequence()))

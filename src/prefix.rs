@@ -24,6 +24,7 @@ pub const MAX_EVALUATED_PREFIX_CHARS: usize = 512;
 /// A parsed prefix template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrefixTemplate {
+    source: String,
     parts: Vec<Part>,
 }
 
@@ -116,7 +117,10 @@ impl PrefixTemplate {
         if !parts.iter().any(|p| matches!(p, Part::Timestamp(_))) {
             parts.push(Part::Timestamp(parse_pattern("yyyy/MM/dd/HH/")?));
         }
-        let template = PrefixTemplate { parts };
+        let template = PrefixTemplate {
+            source: s.to_string(),
+            parts,
+        };
         // Numeric fields have fixed widths, so one evaluation bounds them all.
         let sample = template.render(&UtcDateTime::from_epoch_ms(253_402_300_799_000), "x");
         if sample.chars().count() > MAX_EVALUATED_PREFIX_CHARS {
@@ -124,15 +128,31 @@ impl PrefixTemplate {
                 "prefix evaluates to more than {MAX_EVALUATED_PREFIX_CHARS} characters"
             ));
         }
-        // Filesystems (the local lake, and S3-compatible stores backed by one) cap a name at 255
-        // bytes; a longer segment could never be written.
-        if sample.split('/').any(|seg| seg.len() > 255) {
-            return Err("a prefix path segment (between '/') is longer than 255 bytes".into());
-        }
-        if sample.contains("//") {
-            return Err("prefix must not contain an empty path segment ('//')".into());
+        // Every key the prefix can produce must be writable: check a full sample key (the longest
+        // stream name and extension) with the stores' own rules, and the 255-byte name limit of
+        // filesystems (the local lake, and S3-compatible stores backed by one).
+        let id = object_id("i", "s", 0, 0);
+        let key = object_key(
+            &sample,
+            &"s".repeat(64),
+            1,
+            &UtcDateTime::from_epoch_ms(0),
+            &id,
+            ".snappy",
+        );
+        crate::sink::check_key(&key).map_err(|e| format!("prefix cannot form valid keys: {e}"))?;
+        if key.split('/').any(|seg| seg.len() > 255) {
+            return Err(
+                "a path segment of the keys this prefix forms (between '/') would exceed 255 bytes"
+                    .into(),
+            );
         }
         Ok(template)
+    }
+
+    /// The prefix as configured (without the appended default timestamp).
+    pub fn as_configured(&self) -> &str {
+        &self.source
     }
 
     /// Evaluates the prefix for an object whose oldest record arrived at `at`; `seed` (the object's
@@ -347,6 +367,14 @@ mod tests {
             "segment over 255 bytes"
         );
         assert!(PrefixTemplate::parse("a//b/").is_err());
+        assert!(
+            PrefixTemplate::parse("!{timestamp:'..'}/x/").is_err(),
+            "a literal '..' segment"
+        );
+        assert!(
+            PrefixTemplate::parse(&format!("{}!{{timestamp:yyyy}}", "a".repeat(140))).is_err(),
+            "object name appended to a long last segment"
+        );
     }
 
     #[test]

@@ -25,12 +25,14 @@ fn slow_clients_cannot_hold_more_than_the_inflight_budget() {
     let config = stream_config(1, "{ size_mib: 5, interval_s: 900 }", "none", "")
         .replace("log: {", "ingest: { max_inflight_mib: 16 }\nlog: {");
     let mut daemon = Daemon::start_yaml(&config, dir.path());
-    let seven_mib = 7 << 20;
-    let a = stalled_request(&daemon, seven_mib);
-    let b = stalled_request(&daemon, seven_mib);
+    // A body is charged twice its declared length (the body and its decoded copy): 3.5 MiB
+    // declared holds 7 MiB of the 16 MiB budget.
+    let declared = 7 << 19;
+    let a = stalled_request(&daemon, declared);
+    let b = stalled_request(&daemon, declared);
     std::thread::sleep(Duration::from_millis(200));
-    // 14 MiB are held; another 7 MiB request does not fit and is refused at once.
-    let mut c = stalled_request(&daemon, seven_mib);
+    // 14 MiB are held; a third such request does not fit and is refused at once.
+    let mut c = stalled_request(&daemon, declared);
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut answer = vec![0u8; 4096];
     let n = c.read(&mut answer).unwrap();

@@ -22,7 +22,6 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
     pub created_ms: i64,
-    pub shards: usize,
     /// `ExtendedS3DestinationDescription` of the stream's destination.
     pub destination: serde_json::Value,
 }

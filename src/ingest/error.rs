@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Serialization,
     /// `X-Amz-Target` is missing or names no operation.
     UnknownOperation,
+    /// The client sent the body too slowly. HTTP 408.
+    RequestTimeout,
     /// Back off and retry: overloaded or shutting down. HTTP 503, so SDKs retry.
     ServiceUnavailable,
     /// An unexpected server fault.
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "InvalidArgumentException",
             ErrorKind::Serialization => "SerializationException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
+            ErrorKind::RequestTimeout => "RequestTimeoutException",
             ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
             ErrorKind::InternalFailure => "InternalFailure",
         }
@@ -43,6 +46,7 @@ impl ErrorKind {
         match self {
             ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InternalFailure => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

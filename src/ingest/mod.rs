@@ -25,6 +25,10 @@ pub use error::{ApiError, ErrorKind};
 
 /// Largest request body read; larger ones get 413 without being read further.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Open connections at most; further clients wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Longest a client may take to send a request's headers, or its body.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared state of the endpoint.
 pub struct Endpoint {
@@ -154,6 +158,12 @@ impl Endpoint {
                 ),
             )
         };
+        let timed_out = || {
+            plain(ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!("the request body was not received within {READ_TIMEOUT:?}"),
+            ))
+        };
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Err(too_large());
         }
@@ -171,9 +181,10 @@ impl Endpoint {
                     "Slow down: too many request bytes in flight. Back off and retry.",
                 ))
             })?;
-        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
+        let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+        let body = match tokio::time::timeout(READ_TIMEOUT, collect)
             .await
+            .map_err(|_| timed_out())?
         {
             Ok(b) => b.to_bytes(),
             Err(e)
@@ -208,7 +219,11 @@ impl Endpoint {
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -221,11 +236,14 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         let _ = stream.set_nodelay(true);
         let endpoint = Arc::clone(&endpoint);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let endpoint = Arc::clone(&endpoint);
                 async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

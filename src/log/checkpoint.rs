@@ -86,7 +86,7 @@ impl CheckpointStore {
     ) -> Result<(), LogError> {
         let path = self.path(consumer, stream, shard);
         let dir = path.parent().expect("checkpoint path has a parent");
-        std::fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        super::create_dir_all(dir)?;
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec(checkpoint).expect("checkpoint serializes");
         write_synced(&tmp, &body)?;

@@ -12,8 +12,8 @@ use super::{LogRecord, SequenceNumber};
 pub const HEADER_LEN: usize = 8;
 /// Fixed part of the body: sequence, arrival time and key length.
 const BODY_FIXED_LEN: usize = 18;
-/// Frames larger than this are treated as corruption (a record is at most 1 MiB plus a 256-byte key).
-pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + 256 + (1 << 20);
+/// Frames larger than this are corruption: appends refuse records beyond these limits.
+pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + super::MAX_KEY_BYTES + super::MAX_DATA_BYTES;
 
 /// Appends one framed record to `buf`.
 pub fn encode_into(

@@ -125,6 +125,12 @@ pub enum LogError {
         requested: SequenceNumber,
         oldest: SequenceNumber,
     },
+    #[error("record {index} of the append is too large: key {key_len} bytes (at most {MAX_KEY_BYTES}), data {data_len} bytes (at most {MAX_DATA_BYTES})")]
+    RecordTooLarge {
+        index: usize,
+        key_len: usize,
+        data_len: usize,
+    },
     #[error("checkpoint {path} is unreadable: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
 }
@@ -146,10 +152,18 @@ pub fn now_ms() -> i64 {
 
 /// Syncs a directory so that a file created, renamed or removed in it survives a crash.
 pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), LogError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(LogError::io(dir))
+    crate::fs::sync_dir(dir).map_err(LogError::io(dir))
 }
+
+/// Creates a directory and its ancestors durably.
+pub(crate) fn create_dir_all(dir: &std::path::Path) -> Result<(), LogError> {
+    crate::fs::create_dir_all_synced(dir).map_err(LogError::io(dir))
+}
+
+/// Longest partition key, in bytes (Kinesis: 256 characters).
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest record data, in bytes (Kinesis: 1 MiB).
+pub const MAX_DATA_BYTES: usize = 1 << 20;
 
 /// The identity of a data directory: 128 random bits, created on first use and kept in
 /// `<data_dir>/instance-id`. Object ids include it, so replays from this log reproduce their keys
@@ -170,7 +184,7 @@ pub fn instance_id(data_dir: &std::path::Path) -> Result<String, LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(LogError::Io { path, source: e }),
     }
-    std::fs::create_dir_all(data_dir).map_err(LogError::io(data_dir))?;
+    create_dir_all(data_dir)?;
     let mut raw = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::frame::{self, Decoded};
 use super::{
     now_ms, sync_dir, LogError, LogOptions, LogRecord, SequenceNumber, ShardId, StartingPosition,
+    MAX_DATA_BYTES, MAX_KEY_BYTES,
 };
 
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -79,8 +80,8 @@ pub struct Appended {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves consistent data (every update is a plain
-    // assignment), so poisoning is not a reason to stop serving.
+    // Nothing that runs under these locks panics on data (appends check limits first), so a
+    // poisoned lock still guards consistent state; serving on beats stopping.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -91,7 +92,7 @@ fn segment_path(dir: &Path, base: SequenceNumber) -> PathBuf {
 impl ShardLog {
     /// Opens (or creates) the shard in `dir`, truncating a torn tail, and starts its committer thread.
     pub fn open(id: ShardId, dir: PathBuf, opts: LogOptions) -> Result<Arc<ShardLog>, LogError> {
-        std::fs::create_dir_all(&dir).map_err(LogError::io(&dir))?;
+        super::create_dir_all(&dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(LogError::io(&dir))? {
             let entry = entry.map_err(LogError::io(&dir))?;
@@ -104,6 +105,23 @@ impl ShardLog {
             }
         }
         bases.sort();
+        // An empty segment holds nothing, and one left by a roll that failed (or a crash right
+        // after a roll) would claim a base its predecessor also covers: drop them, so that every
+        // sealed segment ends exactly where its successor begins.
+        if bases.len() > 1 {
+            let mut kept = Vec::with_capacity(bases.len());
+            for base in bases {
+                let path = segment_path(&dir, base);
+                let len = std::fs::metadata(&path).map_err(LogError::io(&path))?.len();
+                if len == 0 {
+                    std::fs::remove_file(&path).map_err(LogError::io(&path))?;
+                } else {
+                    kept.push(base);
+                }
+            }
+            sync_dir(&dir)?;
+            bases = kept;
+        }
         let mut segments = Vec::with_capacity(bases.len() + 1);
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
@@ -197,7 +215,17 @@ impl ShardLog {
         let arrival = now_ms().max(p.last_arrival_ms);
         let first = p.next;
         let mut next = first.0;
-        for (key, data) in records {
+        let start_len = p.buf.len();
+        for (index, (key, data)) in records.into_iter().enumerate() {
+            if key.len() > MAX_KEY_BYTES || data.len() > MAX_DATA_BYTES {
+                // Nothing of this append is kept: the frames before it are cut off again.
+                p.buf.truncate(start_len);
+                return Err(LogError::RecordTooLarge {
+                    index,
+                    key_len: key.len(),
+                    data_len: data.len(),
+                });
+            }
             frame::encode_into(&mut p.buf, SequenceNumber(next), arrival, key, data);
             next += 1;
         }
@@ -307,7 +335,12 @@ impl ShardLog {
             .append(true)
             .open(&path)
             .map_err(LogError::io(&path))?;
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // Appends continue in the current segment; an empty file must not be left to claim
+            // `base` (recovery also drops empty segments, in case this removal fails too).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         lock(&self.tail).segments.push(Segment {
             base,
             path,
@@ -426,31 +459,63 @@ impl ShardLog {
     }
 }
 
-/// Reads the active segment, truncating a torn or corrupt tail.
+/// Scans the active segment frame by frame (streaming, so memory does not grow with the segment),
+/// truncating a torn or corrupt tail.
 fn recover_active(path: &Path, base: SequenceNumber) -> Result<Segment, LogError> {
-    let raw = Bytes::from(std::fs::read(path).map_err(LogError::io(path))?);
-    let prefix = frame::valid_prefix(&raw, base);
-    if prefix.len < raw.len() {
+    use std::io::{BufReader, Read};
+    let file = File::open(path).map_err(LogError::io(path))?;
+    let file_len = file.metadata().map_err(LogError::io(path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let (mut len, mut next, mut last_arrival) = (0u64, base, None);
+    let mut frame_buf = Vec::new();
+    loop {
+        let mut header = [0u8; frame::HEADER_LEN];
+        if reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if body_len > frame::MAX_BODY_LEN {
+            break;
+        }
+        frame_buf.clear();
+        frame_buf.extend_from_slice(&header);
+        frame_buf.resize(frame::HEADER_LEN + body_len, 0);
+        if reader
+            .read_exact(&mut frame_buf[frame::HEADER_LEN..])
+            .is_err()
+        {
+            break;
+        }
+        match frame::decode(&Bytes::copy_from_slice(&frame_buf)) {
+            Decoded::Frame { record, len: n } if record.sequence == next => {
+                len += n as u64;
+                next = record.sequence.next();
+                last_arrival = Some(record.arrival_ms);
+            }
+            _ => break,
+        }
+    }
+    if len < file_len {
         tracing::warn!(
             path = %path.display(),
-            kept = prefix.len,
-            dropped = raw.len() - prefix.len,
+            kept = len,
+            dropped = file_len - len,
             "truncating torn tail of log segment"
         );
         let f = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(LogError::io(path))?;
-        f.set_len(prefix.len as u64)
+        f.set_len(len)
             .and_then(|()| f.sync_all())
             .map_err(LogError::io(path))?;
     }
     Ok(Segment {
         base,
         path: path.to_path_buf(),
-        len: prefix.len as u64,
-        end: prefix.next_sequence,
-        last_arrival_ms: prefix.last_arrival_ms,
+        len,
+        end: next,
+        last_arrival_ms: last_arrival,
     })
 }
 
@@ -474,11 +539,6 @@ impl ShardReader {
     /// Sequence number of the next record this reader returns.
     pub fn position(&self) -> SequenceNumber {
         self.next
-    }
-
-    /// The shard this reader reads.
-    pub fn shard(&self) -> &Arc<ShardLog> {
-        &self.shard
     }
 
     /// Asks the kernel to drop cached pages of what this reader has passed. For the one consumer that
@@ -586,27 +646,10 @@ impl ShardReader {
             }
             cursor.offset += at as u64;
             if self.drop_behind {
-                drop_cached(&cursor.file, cursor.offset);
+                crate::fs::drop_cached(&cursor.file, 0, cursor.offset & !4095);
             }
         }
         Ok(out)
-    }
-}
-
-/// Drops the page cache of `file` below `end` (rounded down to whole pages). Advisory: errors ignored.
-fn drop_cached(file: &File, end: u64) {
-    use std::os::fd::AsRawFd;
-    let end = end & !4095;
-    if end > 0 {
-        // SAFETY: posix_fadvise only reads its integer arguments; the fd is open for the call.
-        unsafe {
-            libc::posix_fadvise(
-                file.as_raw_fd(),
-                0,
-                end as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
     }
 }
 
@@ -850,6 +893,61 @@ mod tests {
             shard.append([(&b""[..], &b"x"[..])]),
             Err(LogError::Closed { .. })
         ));
+    }
+
+    #[test]
+    fn empty_segments_left_by_failed_rolls_are_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+            append_all(&shard, &[b"a", b"b"]);
+            shard.close();
+        }
+        // A roll to base 1 created its file, failed, and records 1.. went on in segment 0.
+        std::fs::write(segment_path(&path, SequenceNumber(1)), b"").unwrap();
+        let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+        assert_eq!(
+            append_all(&shard, &[b"c"]),
+            SequenceNumber(2),
+            "no sequence number reused"
+        );
+        let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
+        assert_eq!(
+            datas(&got),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        shard.close();
+    }
+
+    #[test]
+    fn oversize_records_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(1 << 20)).unwrap();
+        let big = vec![0u8; MAX_DATA_BYTES + 1];
+        let key = vec![b'k'; MAX_KEY_BYTES + 1];
+        assert!(matches!(
+            shard.append([(&b""[..], &b"ok"[..]), (&b""[..], &big[..])]),
+            Err(LogError::RecordTooLarge { index: 1, .. })
+        ));
+        assert!(matches!(
+            shard.append([(&key[..], &b"x"[..])]),
+            Err(LogError::RecordTooLarge { index: 0, .. })
+        ));
+        let max = vec![1u8; MAX_DATA_BYTES];
+        let max_key = vec![b'k'; MAX_KEY_BYTES];
+        let a = shard.append([(&max_key[..], &max[..])]).unwrap();
+        a.durable.blocking_recv().unwrap().unwrap();
+        assert_eq!(
+            a.first,
+            SequenceNumber(0),
+            "refused appends used no sequence numbers"
+        );
+        let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data.len(), MAX_DATA_BYTES);
+        assert_eq!(got[0].partition_key.len(), MAX_KEY_BYTES);
+        shard.close();
     }
 
     fn last_segment(dir: &Path) -> PathBuf {

@@ -27,7 +27,7 @@ impl StreamLog {
         opts: &LogOptions,
     ) -> Result<StreamLog, LogError> {
         let dir: PathBuf = data_dir.join("streams").join(name);
-        std::fs::create_dir_all(&dir).map_err(LogError::io(&dir))?;
+        super::create_dir_all(&dir)?;
         let mut count = shards.max(1);
         for entry in std::fs::read_dir(&dir).map_err(LogError::io(&dir))? {
             let entry = entry.map_err(LogError::io(&dir))?;

@@ -6,9 +6,10 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{check_key, ObjectStore, ObjectWriter, SinkError};
+use crate::fs::{create_dir_all_synced, drop_cached, sync_dir};
 
 const TMP_DIR: &str = ".spillway-tmp";
 
@@ -101,11 +102,11 @@ impl LocalObject {
         file.sync_all()?;
         // The object is durable and nobody here reads it again: free its pages now (see
         // `ShardReader::drop_cache_behind` for why that speeds up writing).
-        advise_dontneed(&file, 0, 0);
+        drop_cached(&file, 0, 0);
         drop(file);
         let dest = self.root.join(&self.key);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        create_dirs_synced(&self.root, &parent)?;
+        create_dir_all_synced(&parent)?;
         std::fs::rename(&self.tmp, &dest)?;
         sync_dir(&parent)
     }
@@ -183,7 +184,7 @@ impl WritebackFile {
                         | libc::SYNC_FILE_RANGE_WAIT_AFTER,
                 );
             }
-            advise_dontneed(&self.file, self.settled, self.started - self.settled);
+            drop_cached(&self.file, self.settled, self.started - self.settled);
             self.settled = self.started;
         }
         // SAFETY: as above.
@@ -213,53 +214,12 @@ impl Write for WritebackFile {
     }
 }
 
-/// Drops cached pages of `[offset, offset + len)` (`len` 0: to the end). Advisory: errors ignored.
-fn advise_dontneed(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: posix_fadvise only reads its integer arguments; the fd is open for the call.
-    unsafe {
-        libc::posix_fadvise(
-            file.as_raw_fd(),
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        );
-    }
-}
-
 fn key_hash(key: &str) -> String {
     use md5::{Digest, Md5};
     Md5::digest(key.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` and any missing ancestors below `root`, fsyncing each parent whose listing changed.
-fn create_dirs_synced(root: &Path, dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    while !cur.is_dir() && cur != root {
-        missing.push(cur.to_path_buf());
-        match cur.parent() {
-            Some(p) => cur = p,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(dir)?;
-    for d in missing.iter().rev() {
-        if let Some(parent) = d.parent() {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

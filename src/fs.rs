@@ -1,0 +1,63 @@
+//! Filesystem helpers shared by the log and the local store: durable directory changes and
+//! page-cache advice.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// Syncs a directory so that a file created, renamed or removed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing ancestors, syncing each parent whose listing changed, so that the
+/// new directories survive a power loss.
+pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        match d.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+/// Drops cached pages of `[offset, offset + len)` of `file` (`len` 0: to the end). Advisory: the
+/// kernel may ignore it, and errors are ignored.
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; the fd is open for the call.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn creates_nested_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        super::create_dir_all_synced(&deep).unwrap();
+        assert!(deep.is_dir());
+        super::create_dir_all_synced(&deep).unwrap();
+    }
+}
