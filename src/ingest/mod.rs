@@ -167,10 +167,9 @@ impl Endpoint {
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Err(too_large());
         }
-        // Charge the body against the in-flight budget before reading it (a body without a length
-        // is charged the maximum).
-        let charge = declared
-            .unwrap_or(MAX_BODY_BYTES as u64)
+        // Charge the body and its decoded copy against the in-flight budget before reading it (a
+        // body without a length is charged the maximum).
+        let charge = (2 * declared.unwrap_or(MAX_BODY_BYTES as u64))
             .div_ceil(1024)
             .max(1) as u32;
         let _permit = Arc::clone(&self.budget)
