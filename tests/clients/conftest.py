@@ -128,8 +128,10 @@ def assert_lake_holds(daemon: "Spillway", expected: list[bytes]) -> None:
 class Spillway:
     """A running daemon plus helpers to talk to it and to read its lake."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, config: Path | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
+        self.config_override = config
+        self.extra_env = dict(env or {})
         self.data_dir = workdir / "data"
         self.lake_dir = workdir / "lake"
         self.stderr_path = workdir / "spillway.stderr"
@@ -154,7 +156,8 @@ class Spillway:
             f"spillway binary not found or not executable at {self.binary} "
             f"(set SPILLWAY_BIN or build target/debug/spillway)"
         )
-        self.config = config_path()
+        self.config = self.config_override or config_path()
+        self.returncode = None
         assert self.config.is_file(), f"config file missing: {self.config}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lake_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,7 @@ class Spillway:
                 SPILLWAY_DATA_DIR=str(self.data_dir),
                 SPILLWAY_LAKE=str(self.lake_dir),
             )
+            env.update(self.extra_env)
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(
                     [str(self.binary), "run", "--config", str(self.config)],
