@@ -71,6 +71,17 @@ pub struct LogConfig {
         deserialize_with = "in_range::<_, 1, 1024>"
     )]
     pub max_pending_mib: u64,
+    /// Disk each stream's log may use (MiB). Past it puts get ServiceUnavailableException and
+    /// delivered segments are deleted before their retention age.
+    #[serde(
+        default = "default_disk_mib",
+        deserialize_with = "in_range::<_, 1, 16777216>"
+    )]
+    pub max_disk_mib: u64,
+}
+
+fn default_disk_mib() -> u64 {
+    10 * 1024
 }
 
 fn default_segment_mib() -> u64 {
@@ -89,6 +100,7 @@ impl Default for LogConfig {
             segment_mib: default_segment_mib(),
             retention_hours: default_retention_h(),
             max_pending_mib: default_pending_mib(),
+            max_disk_mib: default_disk_mib(),
         }
     }
 }
@@ -99,6 +111,7 @@ impl LogConfig {
             segment_bytes: self.segment_mib << 20,
             retention: Duration::from_secs(self.retention_hours * 3600),
             max_pending_bytes: (self.max_pending_mib << 20) as usize,
+            max_disk_bytes: self.max_disk_mib << 20,
         }
     }
 }

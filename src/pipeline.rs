@@ -254,6 +254,13 @@ impl Pipeline {
             },
         )?;
         self.shard.pin(s, crate::log::SequenceNumber(next));
+        if self.shard.over_disk_budget() {
+            // Under disk pressure, free what is now delivered instead of waiting for the
+            // periodic retention pass.
+            if let Err(e) = self.shard.enforce_retention(crate::log::now_ms()) {
+                tracing::warn!(stream = %s, %shard, error = %e, "could not delete delivered segments");
+            }
+        }
         tracing::debug!(stream = %s, %shard, key = %intent.key, records, bytes = raw, "delivered object");
         Ok(())
     }

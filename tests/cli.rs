@@ -10,8 +10,17 @@ fn validate(path: &std::path::Path) -> std::process::Output {
     Command::new(BIN)
         .args(["validate", "--config"])
         .arg(path)
+        .env("SPILLWAY_S3_BUCKET", "example-bucket")
         .output()
         .unwrap()
+}
+
+/// Whether an example writes to an S3 bucket (those run against a real S3 server in
+/// tests/clients/test_s3.py; here they are validated).
+fn writes_to_s3(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .contains("url: s3://")
 }
 
 fn examples() -> Vec<std::path::PathBuf> {
@@ -40,7 +49,7 @@ fn every_example_config_validates() {
 
 #[test]
 fn every_example_config_runs_and_delivers() {
-    for path in examples() {
+    for path in examples().into_iter().filter(|p| !writes_to_s3(p)) {
         let dir = tempfile::tempdir().unwrap();
         let mut daemon = Daemon::start(&path, dir.path());
         let mut conn = Connection::open(daemon.addr).unwrap();

@@ -303,3 +303,74 @@ fn two_daemons_sharing_a_lake_do_not_collide() {
     assert_eq!(lake_objects(lake.path()).len(), 2);
     assert_eq!(lake_lines(lake.path()).len(), 20);
 }
+
+/// While the destination is down the log keeps accepting until its disk budget, then answers 503;
+/// once delivery resumes, delivered segments are freed early and puts are accepted again.
+#[test]
+fn disk_budget_answers_503_until_delivery_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    std::fs::write(lake.join("blocked"), b"not a directory").unwrap();
+    let config = stream_config(
+        1,
+        "{ size_mib: 1, interval_s: 0 }",
+        "none",
+        "        prefix: 'blocked/'\n",
+    )
+    .replace(
+        "log: { segment_mib: 1 }",
+        "log: { segment_mib: 1, max_disk_mib: 4 }",
+    );
+    let mut daemon = Daemon::start_yaml(&config, dir.path());
+    let mut conn = Connection::open(daemon.addr).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for batch in 0..40 {
+        let recs: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("{batch:03}-{i:03}-{}", "z".repeat(990)).into_bytes())
+            .collect();
+        let (status, body) = put_batch(&mut conn, "events", &recs).unwrap();
+        match status {
+            200 => acked.extend(recs),
+            503 => {
+                refused = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let refused = refused.expect("the disk budget never refused a put");
+    assert_eq!(refused["__type"], "ServiceUnavailableException");
+    assert!(
+        refused["message"].as_str().unwrap().contains("disk budget"),
+        "{refused}"
+    );
+    assert!(
+        acked.len() >= 3000,
+        "only {} records accepted before the 4 MiB budget",
+        acked.len()
+    );
+
+    std::fs::remove_file(lake.join("blocked")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rec = format!("after-{}", acked.len()).into_bytes();
+        let (status, body) = put_batch(&mut conn, "events", std::slice::from_ref(&rec)).unwrap();
+        if status == 200 {
+            acked.push(rec);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "puts still refused a minute after delivery resumed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.terminate().success());
+    let mut got = lake_lines(&lake);
+    got.sort();
+    acked.sort();
+    assert_eq!(got, acked);
+}

@@ -238,12 +238,13 @@ fn record_id(out: &mut String, shard: ShardId, seq: SequenceNumber) {
 
 fn log_error(e: LogError) -> ApiError {
     match e {
-        LogError::Overloaded { .. } | LogError::Closed { .. } | LogError::WriteFailed { .. } => {
-            ApiError::new(
-                ErrorKind::ServiceUnavailable,
-                format!("Slow down: {e}. Back off and retry."),
-            )
-        }
+        LogError::Overloaded { .. }
+        | LogError::Closed { .. }
+        | LogError::WriteFailed { .. }
+        | LogError::DiskBudget { .. } => ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("Slow down: {e}. Back off and retry."),
+        ),
         other => ApiError::new(ErrorKind::InternalFailure, other.to_string()),
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, InFlightObject};
-pub use shard::{Appended, ShardLog, ShardReader};
+pub use shard::{Appended, DiskUsage, ShardLog, ShardReader};
 pub use stream::StreamLog;
 
 /// Per-shard sequence number: unique and strictly increasing within a shard, never reused.
@@ -83,6 +83,9 @@ pub struct LogOptions {
     pub retention: Duration,
     /// Appends beyond this many bytes waiting for the disk are refused ([`LogError::Overloaded`]).
     pub max_pending_bytes: usize,
+    /// Bytes of segments a stream may keep on disk; appends past it are refused
+    /// ([`LogError::DiskBudget`]) and delivered segments are deleted early.
+    pub max_disk_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -91,6 +94,7 @@ impl Default for LogOptions {
             segment_bytes: 64 << 20,
             retention: Duration::from_secs(24 * 3600),
             max_pending_bytes: 64 << 20,
+            max_disk_bytes: u64::MAX,
         }
     }
 }
@@ -113,6 +117,10 @@ pub enum LogError {
     Corrupt { path: PathBuf, offset: u64 },
     #[error("shard {shard} has {pending} bytes waiting for the disk; try again later")]
     Overloaded { shard: ShardId, pending: usize },
+    #[error(
+        "the stream's log holds {used} bytes, its disk budget is {budget}; delivery is behind"
+    )]
+    DiskBudget { used: u64, budget: u64 },
     #[error("shard {shard} is closed")]
     Closed { shard: ShardId },
     #[error("the write to shard {shard} failed and was rolled back: {reason}")]

@@ -59,11 +59,31 @@ struct Pending {
     closed: bool,
 }
 
+/// Bytes of segments a stream keeps on disk, shared by its shards, against its budget.
+#[derive(Debug, Default)]
+pub struct DiskUsage {
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl DiskUsage {
+    /// Bytes currently held.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn sub(&self, n: u64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A shard of a stream: append with group commit, read from any position.
 pub struct ShardLog {
     id: ShardId,
     dir: PathBuf,
     opts: LogOptions,
+    disk: Arc<DiskUsage>,
     pending: Mutex<Pending>,
     pending_cv: Condvar,
     tail: Mutex<Tail>,
@@ -91,7 +111,13 @@ fn segment_path(dir: &Path, base: SequenceNumber) -> PathBuf {
 
 impl ShardLog {
     /// Opens (or creates) the shard in `dir`, truncating a torn tail, and starts its committer thread.
-    pub fn open(id: ShardId, dir: PathBuf, opts: LogOptions) -> Result<Arc<ShardLog>, LogError> {
+    /// `disk` is the stream's shared usage counter; this shard's segments are added to it.
+    pub fn open(
+        id: ShardId,
+        dir: PathBuf,
+        opts: LogOptions,
+        disk: Arc<DiskUsage>,
+    ) -> Result<Arc<ShardLog>, LogError> {
         super::create_dir_all(&dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(LogError::io(&dir))? {
@@ -156,6 +182,7 @@ impl ShardLog {
                 last_arrival_ms: None,
             });
         }
+        disk.add(segments.iter().map(|s| s.len).sum());
         let active = segments.last().expect("just ensured").clone();
         let file = OpenOptions::new()
             .append(true)
@@ -165,6 +192,7 @@ impl ShardLog {
             id,
             dir,
             opts,
+            disk,
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 waiters: Vec::new(),
@@ -204,6 +232,13 @@ impl ShardLog {
         let mut p = lock(&self.pending);
         if p.closed {
             return Err(LogError::Closed { shard: self.id });
+        }
+        let used = self.disk.used() + p.buf.len() as u64;
+        if used >= self.opts.max_disk_bytes {
+            return Err(LogError::DiskBudget {
+                used,
+                budget: self.opts.max_disk_bytes,
+            });
         }
         if p.buf.len() > self.opts.max_pending_bytes {
             return Err(LogError::Overloaded {
@@ -268,6 +303,7 @@ impl ShardLog {
                         let mut tail = lock(&self.tail);
                         let seg = tail.segments.last_mut().expect("active segment");
                         seg.len += buf.len() as u64;
+                        self.disk.add(buf.len() as u64);
                         seg.end = next;
                         seg.last_arrival_ms = Some(last_arrival);
                         seg.len >= self.opts.segment_bytes
@@ -392,26 +428,35 @@ impl ShardLog {
         lock(&self.pins).insert(consumer.to_string(), next);
     }
 
-    /// Deletes sealed segments whose newest record arrived before `now - retention` and that every
-    /// pinned consumer has passed. Returns how many were deleted.
+    /// Whether the stream's log has reached its disk budget.
+    pub fn over_disk_budget(&self) -> bool {
+        self.disk.used() >= self.opts.max_disk_bytes
+    }
+
+    /// Deletes sealed segments that every pinned consumer has passed and whose newest record
+    /// arrived before `now - retention` — or, while the stream is over its disk budget, regardless
+    /// of age (delivered data goes first). Returns how many were deleted.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let floor = lock(&self.pins).values().min().copied();
         let cutoff = now_ms - self.opts.retention.as_millis() as i64;
+        let pressed = self.over_disk_budget();
         let mut doomed = Vec::new();
         {
             let mut tail = lock(&self.tail);
             while tail.segments.len() > 1 {
                 let seg = &tail.segments[0];
-                let old = seg.last_arrival_ms.is_none_or(|t| t < cutoff);
+                let old = pressed || seg.last_arrival_ms.is_none_or(|t| t < cutoff);
                 let consumed = floor.is_none_or(|f| seg.end <= f);
                 if !(old && consumed) {
                     break;
                 }
-                doomed.push(tail.segments.remove(0).path);
+                let seg = tail.segments.remove(0);
+                doomed.push((seg.path, seg.len));
             }
         }
-        for path in &doomed {
+        for (path, len) in &doomed {
             std::fs::remove_file(path).map_err(LogError::io(path))?;
+            self.disk.sub(*len);
         }
         if !doomed.is_empty() {
             sync_dir(&self.dir)?;
@@ -688,6 +733,7 @@ mod tests {
             segment_bytes,
             retention: Duration::from_secs(3600),
             max_pending_bytes: 64 << 20,
+            max_disk_bytes: u64::MAX,
         }
     }
 
@@ -717,7 +763,8 @@ mod tests {
     #[test]
     fn appends_are_read_back_in_order_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().join("s"), opts(100)).unwrap();
+        let shard =
+            ShardLog::open(ShardId(0), dir.path().join("s"), opts(100), Arc::default()).unwrap();
         let payloads: Vec<Vec<u8>> = (0..50u32)
             .map(|i| format!("record-{i}").into_bytes())
             .collect();
@@ -736,7 +783,8 @@ mod tests {
         shard.close();
 
         // Reopening keeps everything and continues the sequence.
-        let shard = ShardLog::open(ShardId(0), dir.path().join("s"), opts(100)).unwrap();
+        let shard =
+            ShardLog::open(ShardId(0), dir.path().join("s"), opts(100), Arc::default()).unwrap();
         assert_eq!(append_all(&shard, &[b"after"]), SequenceNumber(50));
         let got =
             read_all(&mut shard.reader(StartingPosition::AtSequenceNumber(SequenceNumber(49))));
@@ -747,7 +795,13 @@ mod tests {
     #[test]
     fn iterator_positions() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(64)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(64),
+            Arc::default(),
+        )
+        .unwrap();
         append_all(&shard, &[b"a", b"b", b"c"]);
         std::thread::sleep(Duration::from_millis(5));
         let t = now_ms();
@@ -784,7 +838,13 @@ mod tests {
     #[test]
     fn read_limits_are_respected() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(1 << 20)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(1 << 20),
+            Arc::default(),
+        )
+        .unwrap();
         let big = vec![7u8; 300_000];
         append_all(&shard, &[&big, &big, &big, b"x"]);
         let mut reader = shard.reader(StartingPosition::TrimHorizon);
@@ -801,7 +861,13 @@ mod tests {
     #[test]
     fn records_larger_than_a_read_chunk_are_read_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(64 << 20)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(64 << 20),
+            Arc::default(),
+        )
+        .unwrap();
         let big = vec![9u8; 1_024_000];
         append_all(&shard, &[b"small", &big, b"tail"]);
         let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
@@ -813,7 +879,13 @@ mod tests {
     #[test]
     fn concurrent_appends_get_contiguous_sequence_numbers() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(1 << 16)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(1 << 16),
+            Arc::default(),
+        )
+        .unwrap();
         let threads: Vec<_> = (0..8u8)
             .map(|t| {
                 let shard = Arc::clone(&shard);
@@ -845,7 +917,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = opts(50);
         o.retention = Duration::from_millis(1);
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), o).unwrap();
+        let shard =
+            ShardLog::open(ShardId(0), dir.path().to_path_buf(), o, Arc::default()).unwrap();
         for i in 0..10u8 {
             append_all(&shard, &[&[i; 40]]);
         }
@@ -874,9 +947,48 @@ mod tests {
     }
 
     #[test]
+    fn disk_budget_refuses_appends_and_frees_delivered_segments_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(100);
+        o.max_disk_bytes = 500;
+        let shard =
+            ShardLog::open(ShardId(0), dir.path().to_path_buf(), o, Arc::default()).unwrap();
+        let mut appended = 0;
+        loop {
+            match shard.append([(&b""[..], &[7u8; 80][..])]) {
+                Ok(a) => {
+                    a.durable.blocking_recv().unwrap().unwrap();
+                    appended += 1;
+                }
+                Err(LogError::DiskBudget { used, budget }) => {
+                    assert!(used >= budget);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(appended < 100, "the budget never stopped appends");
+        }
+        assert!(shard.over_disk_budget());
+        // Young segments go early under pressure, but only once delivered.
+        shard.pin("delivery", SequenceNumber(0));
+        assert_eq!(shard.enforce_retention(now_ms()).unwrap(), 0);
+        shard.pin("delivery", SequenceNumber(appended));
+        assert!(shard.enforce_retention(now_ms()).unwrap() > 0);
+        assert!(!shard.over_disk_budget());
+        assert!(shard.append([(&b""[..], &b"again"[..])]).is_ok());
+        shard.close();
+    }
+
+    #[test]
     fn young_segments_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(50)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(50),
+            Arc::default(),
+        )
+        .unwrap();
         for i in 0..5u8 {
             append_all(&shard, &[&[i; 40]]);
         }
@@ -887,7 +999,13 @@ mod tests {
     #[test]
     fn appends_after_close_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(1 << 20)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(1 << 20),
+            Arc::default(),
+        )
+        .unwrap();
         shard.close();
         assert!(matches!(
             shard.append([(&b""[..], &b"x"[..])]),
@@ -900,13 +1018,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         {
-            let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+            let shard =
+                ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
             append_all(&shard, &[b"a", b"b"]);
             shard.close();
         }
         // A roll to base 1 created its file, failed, and records 1.. went on in segment 0.
         std::fs::write(segment_path(&path, SequenceNumber(1)), b"").unwrap();
-        let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+        let shard =
+            ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
         assert_eq!(
             append_all(&shard, &[b"c"]),
             SequenceNumber(2),
@@ -923,7 +1043,13 @@ mod tests {
     #[test]
     fn oversize_records_are_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(ShardId(0), dir.path().to_path_buf(), opts(1 << 20)).unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().to_path_buf(),
+            opts(1 << 20),
+            Arc::default(),
+        )
+        .unwrap();
         let big = vec![0u8; MAX_DATA_BYTES + 1];
         let key = vec![b'k'; MAX_KEY_BYTES + 1];
         assert!(matches!(
@@ -972,7 +1098,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s");
             {
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
                 for p in &payloads {
                     append_all(&shard, &[p]);
                 }
@@ -984,7 +1110,7 @@ mod tests {
             let last_start = full.len() - frame::framed_len(0, last.len());
             for cut in last_start..full.len() {
                 std::fs::write(&seg, &full[..cut]).unwrap();
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
                 let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
                 prop_assert_eq!(datas(&got), payloads[..payloads.len() - 1].to_vec());
                 prop_assert_eq!(std::fs::metadata(&seg).unwrap().len(), last_start as u64);
@@ -1001,7 +1127,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s");
             {
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
                 append_all(&shard, &[b"one", b"two"]);
                 shard.close();
             }
@@ -1009,7 +1135,7 @@ mod tests {
             let mut raw = std::fs::read(&seg).unwrap();
             raw.extend_from_slice(&garbage);
             std::fs::write(&seg, &raw).unwrap();
-            let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20)).unwrap();
+            let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
             let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
             prop_assert_eq!(datas(&got), vec![b"one".to_vec(), b"two".to_vec()]);
             shard.close();

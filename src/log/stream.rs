@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 
-use super::{LogError, LogOptions, ShardId, ShardLog};
+use super::{DiskUsage, LogError, LogOptions, ShardId, ShardLog};
 
 /// A named stream of shards stored under `<data_dir>/streams/<name>/`.
 pub struct StreamLog {
@@ -40,10 +40,16 @@ impl StreamLog {
                 count = count.max(n + 1);
             }
         }
+        let disk = Arc::new(DiskUsage::default());
         let shards_vec = (0..count)
             .map(|i| {
                 let id = ShardId(i);
-                ShardLog::open(id, dir.join(id.to_string()), opts.clone())
+                ShardLog::open(
+                    id,
+                    dir.join(id.to_string()),
+                    opts.clone(),
+                    Arc::clone(&disk),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(StreamLog {
