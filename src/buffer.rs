@@ -56,11 +56,7 @@ impl ObjectBuffer {
 
     /// Appends a record's data, followed by `delimiter`.
     pub fn push(&mut self, record: &LogRecord, delimiter: &[u8]) -> Result<(), SinkError> {
-        let io = |source| SinkError::Io {
-            op: "write",
-            key: self.key.clone(),
-            source,
-        };
+        let io = |source| SinkError::from_io("write", &self.key, source);
         self.encoder.write_all(&record.data).map_err(io)?;
         if !delimiter.is_empty() {
             self.encoder.write_all(delimiter).map_err(io)?;
@@ -84,11 +80,10 @@ impl ObjectBuffer {
     /// Finishes compression and commits the object.
     pub fn commit(self) -> Result<(), SinkError> {
         let key = self.key;
-        let writer = self.encoder.finish().map_err(|source| SinkError::Io {
-            op: "finish compression of",
-            key,
-            source,
-        })?;
+        let writer = self
+            .encoder
+            .finish()
+            .map_err(|source| SinkError::from_io("finish compression of", &key, source))?;
         writer.commit()
     }
 }

@@ -285,6 +285,36 @@ pub struct S3Destination {
     pub conditional_create: ConditionalCreate,
     #[serde(default)]
     pub retry: RetryOptions,
+    /// Where records the store permanently rejects go, as Firehose error documents:
+    /// `!{firehose:error-output-type}` and `!{timestamp:...}` expressions. Default:
+    /// `<prefix><error-output-type>/yyyy/MM/dd/HH/`; required when `prefix` has expressions.
+    #[serde(default, deserialize_with = "error_prefix")]
+    pub error_output_prefix: Option<PrefixTemplate>,
+}
+
+fn error_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PrefixTemplate>, D::Error> {
+    struct Visitor;
+    impl de::Visitor<'_> for Visitor {
+        type Value = Option<PrefixTemplate>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an error output prefix")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            PrefixTemplate::parse_error_prefix(v)
+                .map(Some)
+                .map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Visitor)
+}
+
+impl S3Destination {
+    /// The error output prefix in force (configured, or Firehose's default).
+    pub fn error_prefix(&self) -> Option<PrefixTemplate> {
+        self.error_output_prefix
+            .clone()
+            .or_else(|| self.prefix.default_error_prefix())
+    }
 }
 
 fn default_part_mib() -> u64 {
@@ -525,7 +555,7 @@ impl Config {
             .map_err(|(line, msg)| ConfigError(format!("{origin}:{line}: {msg}")))?;
         let de = serde_norway::Deserializer::from_str(&text);
         // Enums are written as single-key maps (`source: { direct_put: {...} }`), not YAML tags.
-        serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
+        let config: Config = serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
             |e: serde_norway::Error| {
                 let location = e
                     .location()
@@ -538,8 +568,43 @@ impl Config {
                 }
                 ConfigError(format!("{origin}:{location}: {msg}"))
             },
-        )
+        )?;
+        config.check_across_fields(&text, origin)?;
+        Ok(config)
     }
+
+    /// Rules that tie fields together; errors point at the line of the field concerned.
+    fn check_across_fields(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        for (i, ds) in self.delivery_streams.iter().enumerate() {
+            let Destination::S3(s3) = &ds.destination;
+            if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
+                let line = line_of_field(text, ds.name.as_str(), "prefix:");
+                return Err(ConfigError(format!(
+                    "{origin}:{line}: delivery_streams[{i}].destination.s3.error_output_prefix: required when prefix has !{{...}} expressions (e.g. 'errors/!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd}}/')"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of the first `field` after the line naming the stream `stream` (or of the
+/// stream's name if no such field follows), for errors about rules across fields.
+fn line_of_field(text: &str, stream: &str, field: &str) -> usize {
+    let mut name_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start().trim_start_matches("- ").trim_start();
+        if name_line.is_none() {
+            if let Some(v) = t.strip_prefix("name:") {
+                if v.trim().trim_matches(|c| c == '\'' || c == '"') == stream {
+                    name_line = Some(i + 1);
+                }
+            }
+        } else if t.starts_with(field) {
+            return i + 1;
+        }
+    }
+    name_line.unwrap_or(1)
 }
 
 /// Replaces `${VAR}` / `${VAR:-default}` from the environment and `$$` with `$`.
@@ -679,6 +744,24 @@ mod tests {
         assert_eq!(line, 2);
         assert!(msg.contains("SPILLWAY_TEST_UNSET"));
         assert!(interpolate("${unterminated").is_err());
+    }
+
+    #[test]
+    fn prefix_with_expressions_needs_an_error_prefix() {
+        let t = MINIMAL.replace(
+            "{ url: 'file://./lake' }",
+            "\n        url: 'file://./lake'\n        prefix: 'y=!{timestamp:yyyy}/'",
+        );
+        let err = Config::parse(&t, "t").unwrap_err().to_string();
+        assert!(err.starts_with("t:8:"), "{err}");
+        assert!(err.contains("error_output_prefix: required"), "{err}");
+        let ok = format!("{t}\n        error_output_prefix: 'e/!{{firehose:error-output-type}}/'");
+        Config::parse(&ok, "t").unwrap();
+        let bad = format!("{t}\n        error_output_prefix: 'e/!{{timestamp:yyyy}}/'");
+        assert!(Config::parse(&bad, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("error-output-type"));
     }
 
     #[test]

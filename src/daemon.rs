@@ -170,6 +170,14 @@ async fn destination(
         hints: s3.buffering,
         compression: s3.compression,
         prefix: s3.prefix.clone(),
+        errors: crate::error_output::ErrorOutput {
+            prefix: s3
+                .error_prefix()
+                .context("a prefix with expressions needs error_output_prefix")?,
+            stream: ds.name.to_string(),
+            version: 1,
+            instance: instance.to_string(),
+        },
     });
     let compression = s3.compression.firehose_name();
     let description = serde_json::json!({

@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod compression;
 pub mod config;
 pub mod daemon;
+pub mod error_output;
 pub mod fs;
 pub mod ingest;
 pub mod log;

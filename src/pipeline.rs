@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::buffer::ObjectBuffer;
 use crate::compression::Compression;
 use crate::config::BufferingHints;
+use crate::error_output::{ErrorOutput, Failure, S3_FAILED};
+use crate::log::SequenceNumber;
 use crate::log::{
     Checkpoint, CheckpointStore, InFlightObject, LogError, LogRecord, ShardLog, StartingPosition,
     MAX_READ_RECORDS,
@@ -39,6 +41,8 @@ pub struct DeliverySettings {
     pub hints: BufferingHints,
     pub compression: Compression,
     pub prefix: PrefixTemplate,
+    /// Where permanently rejected records go.
+    pub errors: ErrorOutput,
 }
 
 /// Errors that interrupt delivery; the pipeline backs off and replays from its checkpoint.
@@ -48,6 +52,8 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("records {first}..={last} are missing from the log")]
+    Missing { first: u64, last: u64 },
 }
 
 /// One (delivery stream, shard) consumer.
@@ -175,7 +181,18 @@ impl Pipeline {
                     Some(obj) => obj,
                     None => open.insert(self.open_object(record)?),
                 };
-                obj.push(record, &settings.delimiter)?;
+                if let Err(e) = obj.push(record, &settings.delimiter) {
+                    if !e.is_permanent() {
+                        return Err(e.into());
+                    }
+                    // The store refused a part of this object for good: its records so far go to
+                    // the error output, and the next record starts a new object.
+                    let first = obj.first.0;
+                    open = None;
+                    self.divert(first, record.sequence.0, &e, &mut boundary)?;
+                    backoff.reset();
+                    continue;
+                }
                 let full = match &boundary {
                     Some(b) => record.sequence.0 >= b.last,
                     None => obj.is_full(&settings.hints),
@@ -215,35 +232,60 @@ impl Pipeline {
         obj: ObjectBuffer,
         boundary: &mut Option<InFlightObject>,
     ) -> Result<(), PipelineError> {
-        let s = &self.settings.name;
-        let shard = self.shard.id();
         let intent = InFlightObject {
             first: obj.first.0,
             last: obj.last.0,
             key: obj.key.clone(),
         };
+        self.record_intent(&intent, boundary)?;
+        let (records, raw) = (obj.records, obj.raw_bytes);
+        match obj.commit() {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => {
+                *boundary = Some(intent.clone());
+                return self.divert(intent.first, intent.last, &e, boundary);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.advance(intent.last + 1)?;
+        tracing::debug!(stream = %self.settings.name, shard = %self.shard.id(), key = %intent.key,
+            records, bytes = raw, "delivered object");
+        Ok(())
+    }
+
+    /// Makes `intent` the checkpoint's in-flight object, unless it already is (a replay). A
+    /// different earlier attempt (the config changed its key, or it was diverted to the error
+    /// output and now succeeds) is removed first, so exactly one of them remains.
+    fn record_intent(
+        &self,
+        intent: &InFlightObject,
+        boundary: &mut Option<InFlightObject>,
+    ) -> Result<(), PipelineError> {
+        let s = &self.settings.name;
         match boundary.take() {
-            // Replaying the same object: the checkpoint already names it.
-            Some(prev) if prev == intent => {}
+            Some(prev) if prev == *intent => Ok(()),
             prev => {
-                if let Some(stale) = prev {
-                    // The config changed the key since the interrupted attempt: remove that attempt.
+                if let Some(stale) = prev.filter(|p| p.key != intent.key) {
                     self.store.delete(&stale.key)?;
                 }
                 self.checkpoints.save(
                     s,
                     s,
-                    shard,
+                    self.shard.id(),
                     &Checkpoint {
                         next: intent.first,
                         in_flight: Some(intent.clone()),
                     },
                 )?;
+                Ok(())
             }
         }
-        let (records, raw) = (obj.records, obj.raw_bytes);
-        obj.commit()?;
-        let next = intent.last + 1;
+    }
+
+    /// Moves the checkpoint to `next` once everything before it is delivered.
+    fn advance(&self, next: u64) -> Result<(), PipelineError> {
+        let s = &self.settings.name;
+        let shard = self.shard.id();
         self.checkpoints.save(
             s,
             s,
@@ -261,7 +303,52 @@ impl Pipeline {
                 tracing::warn!(stream = %s, %shard, error = %e, "could not delete delivered segments");
             }
         }
-        tracing::debug!(stream = %s, %shard, key = %intent.key, records, bytes = raw, "delivered object");
+        Ok(())
+    }
+
+    /// Sends records `first..=last`, which the store permanently rejected, to the error output:
+    /// read again from the log, one error document each, under the same exactly-once protocol.
+    fn divert(
+        &self,
+        first: u64,
+        last: u64,
+        error: &SinkError,
+        boundary: &mut Option<InFlightObject>,
+    ) -> Result<(), PipelineError> {
+        let failure = Failure {
+            output_type: S3_FAILED,
+            code: format!("S3.{}", error.code().unwrap_or("Unknown")),
+            message: error.to_string(),
+            attempts: 1,
+        };
+        let missing = || PipelineError::Missing { first, last };
+        let mut reader = self
+            .shard
+            .reader(StartingPosition::AtSequenceNumber(SequenceNumber(first)));
+        let mut batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
+        let head = batch.first().ok_or_else(missing)?;
+        let key = self.settings.errors.key(&failure, self.shard.id(), head);
+        let intent = InFlightObject { first, last, key };
+        self.record_intent(&intent, boundary)?;
+        let mut writer = self.settings.errors.create(&*self.store, &intent.key)?;
+        let mut written = 0u64;
+        loop {
+            for record in batch.iter().filter(|r| r.sequence.0 <= last) {
+                writer.push(record, &failure)?;
+                written += 1;
+            }
+            if reader.position().0 > last {
+                break;
+            }
+            batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
+            if batch.is_empty() {
+                return Err(missing());
+            }
+        }
+        writer.commit()?;
+        self.advance(last + 1)?;
+        tracing::error!(stream = %self.settings.name, shard = %self.shard.id(), records = written,
+            error_key = %intent.key, error = %error, "the store permanently rejected records; they are in the error output");
         Ok(())
     }
 }
@@ -298,5 +385,191 @@ impl Backoff {
         self.current = (self.current * 2).min(Duration::from_secs(30));
         let half = d / 2;
         half + Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogOptions, ShardId};
+    use crate::sink::ObjectWriter;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// An in-memory store that permanently rejects keys starting with `reject`.
+    #[derive(Default)]
+    struct MemoryStore {
+        objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+        reject: Option<String>,
+    }
+
+    struct MemoryObject {
+        key: String,
+        data: Vec<u8>,
+        objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+        reject: bool,
+    }
+
+    impl Write for MemoryObject {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.data.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl ObjectWriter for MemoryObject {
+        fn commit(self: Box<Self>) -> Result<(), SinkError> {
+            if self.reject {
+                return Err(SinkError::Store {
+                    message: format!("PutObject {}: InvalidArgument (HTTP 400)", self.key),
+                    code: Some("InvalidArgument".into()),
+                    permanent: true,
+                });
+            }
+            self.objects.lock().unwrap().insert(self.key, self.data);
+            Ok(())
+        }
+    }
+
+    impl ObjectStore for MemoryStore {
+        fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, SinkError> {
+            Ok(Box::new(MemoryObject {
+                key: key.to_string(),
+                data: Vec::new(),
+                objects: Arc::clone(&self.objects),
+                reject: self.reject.as_deref().is_some_and(|r| key.starts_with(r)),
+            }))
+        }
+        fn delete(&self, key: &str) -> Result<(), SinkError> {
+            self.objects.lock().unwrap().remove(key);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    fn settings() -> Arc<DeliverySettings> {
+        Arc::new(DeliverySettings {
+            instance: "test".into(),
+            name: "events".into(),
+            version: 1,
+            delimiter: b"\n".to_vec(),
+            hints: BufferingHints {
+                size_mib: 1,
+                interval_s: 900,
+            },
+            compression: Compression::None,
+            prefix: PrefixTemplate::parse("data/").unwrap(),
+            errors: ErrorOutput {
+                prefix: PrefixTemplate::parse("data/")
+                    .unwrap()
+                    .default_error_prefix()
+                    .unwrap(),
+                stream: "events".into(),
+                version: 1,
+                instance: "test".into(),
+            },
+        })
+    }
+
+    /// Appends `records` to a fresh shard and runs a pipeline over them until drained.
+    fn deliver(store: Arc<MemoryStore>, records: &[Vec<u8>]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = ShardLog::open(
+            ShardId(0),
+            dir.path().join("log"),
+            LogOptions::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let appended = shard
+            .append(records.iter().map(|r| (&b""[..], r.as_slice())))
+            .unwrap();
+        appended.durable.blocking_recv().unwrap().unwrap();
+        let drain = Arc::new(AtomicBool::new(true));
+        let checkpoints = CheckpointStore::new(dir.path().join("ck"));
+        Pipeline::new(
+            settings(),
+            Arc::clone(&shard),
+            store,
+            checkpoints.clone(),
+            drain,
+        )
+        .run();
+        let ck = checkpoints
+            .load("events", "events", ShardId(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ck,
+            Checkpoint {
+                next: records.len() as u64,
+                in_flight: None
+            }
+        );
+        shard.close();
+        dir
+    }
+
+    #[test]
+    fn permanently_rejected_records_become_error_documents() {
+        let store = Arc::new(MemoryStore {
+            reject: Some("data/20".into()),
+            ..MemoryStore::default()
+        });
+        let records: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!("record-{i}").into_bytes())
+            .collect();
+        let _dir = deliver(Arc::clone(&store), &records);
+        let objects = store.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1, "{:?}", objects.keys().collect::<Vec<_>>());
+        let (key, body) = objects.iter().next().unwrap();
+        assert!(key.starts_with("data/s3-failed/20"), "{key}");
+        let docs: Vec<serde_json::Value> = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 50);
+        for (doc, record) in docs.iter().zip(&records) {
+            assert_eq!(doc["errorCode"], "S3.InvalidArgument");
+            assert!(doc["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("InvalidArgument"));
+            assert_eq!(doc["attemptsMade"], 1);
+            assert!(doc["arrivalTimestamp"].as_i64().unwrap() > 0);
+            assert!(
+                doc["attemptEndingTimestamp"].as_i64().unwrap()
+                    >= doc["arrivalTimestamp"].as_i64().unwrap()
+            );
+            let raw = base64_simd::STANDARD
+                .decode_to_vec(doc["rawData"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(&raw, record);
+        }
+    }
+
+    #[test]
+    fn accepted_records_are_delivered_as_data() {
+        let store = Arc::new(MemoryStore::default());
+        let records: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
+        let _dir = deliver(Arc::clone(&store), &records);
+        let objects = store.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1);
+        let (key, body) = objects.iter().next().unwrap();
+        assert!(key.starts_with("data/20"), "{key}");
+        assert_eq!(
+            body,
+            &records
+                .iter()
+                .flat_map(|r| [r.as_slice(), b"\n"].concat())
+                .collect::<Vec<u8>>()
+        );
     }
 }

@@ -33,7 +33,12 @@ enum Part {
     Literal(String),
     Timestamp(Vec<Token>),
     RandomString,
+    /// `!{firehose:error-output-type}`: only in error output prefixes.
+    ErrorOutputType,
 }
+
+/// The longest error output type, for bounding evaluated error prefixes.
+const LONGEST_ERROR_TYPE: &str = "AmazonOpenSearchService-failed";
 
 /// One element of a date-time pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,41 @@ impl<'de> Deserialize<'de> for PrefixTemplate {
 impl PrefixTemplate {
     /// Parses and validates a prefix; the error says what is wrong and where.
     pub fn parse(s: &str) -> Result<PrefixTemplate, String> {
+        PrefixTemplate::parse_as(s, false)
+    }
+
+    /// Parses an error output prefix: `!{firehose:error-output-type}` is allowed, and required
+    /// when the prefix has any expression (Firehose's rule).
+    pub fn parse_error_prefix(s: &str) -> Result<PrefixTemplate, String> {
+        let template = PrefixTemplate::parse_as(s, true)?;
+        if s.contains("!{") && !template.parts.contains(&Part::ErrorOutputType) {
+            return Err(
+                "an error output prefix with expressions must contain !{firehose:error-output-type}"
+                    .into(),
+            );
+        }
+        Ok(template)
+    }
+
+    /// The error output prefix Firehose uses when none is configured: `<prefix><type>/` and the
+    /// hourly timestamp. Only for prefixes without expressions.
+    pub fn default_error_prefix(&self) -> Option<PrefixTemplate> {
+        if self.has_expressions() {
+            return None;
+        }
+        PrefixTemplate::parse_error_prefix(&format!(
+            "{}!{{firehose:error-output-type}}/",
+            self.source
+        ))
+        .ok()
+    }
+
+    /// Whether the configured prefix has `!{...}` expressions.
+    pub fn has_expressions(&self) -> bool {
+        self.source.contains("!{")
+    }
+
+    fn parse_as(s: &str, error_prefix: bool) -> Result<PrefixTemplate, String> {
         if s.chars().count() > MAX_PREFIX_CHARS {
             return Err(format!(
                 "prefix is longer than {MAX_PREFIX_CHARS} characters"
@@ -96,6 +136,13 @@ impl PrefixTemplate {
             parts.push(match (ns, value) {
                 ("timestamp", pattern) => Part::Timestamp(parse_pattern(pattern)?),
                 ("firehose", "random-string") => Part::RandomString,
+                ("firehose", "error-output-type") if error_prefix => Part::ErrorOutputType,
+                ("firehose", "error-output-type") => {
+                    return Err(
+                        "!{firehose:error-output-type} is only allowed in error_output_prefix"
+                            .into(),
+                    )
+                }
                 _ => {
                     return Err(format!(
                         "unsupported expression !{{{expr}}}: prefixes support !{{timestamp:<pattern>}} and !{{firehose:random-string}}"
@@ -122,7 +169,11 @@ impl PrefixTemplate {
             parts,
         };
         // Numeric fields have fixed widths, so one evaluation bounds them all.
-        let sample = template.render(&UtcDateTime::from_epoch_ms(253_402_300_799_000), "x");
+        let sample = template.render_with(
+            &UtcDateTime::from_epoch_ms(253_402_300_799_000),
+            "x",
+            Some(LONGEST_ERROR_TYPE),
+        );
         if sample.chars().count() > MAX_EVALUATED_PREFIX_CHARS {
             return Err(format!(
                 "prefix evaluates to more than {MAX_EVALUATED_PREFIX_CHARS} characters"
@@ -158,6 +209,15 @@ impl PrefixTemplate {
     /// Evaluates the prefix for an object whose oldest record arrived at `at`; `seed` (the object's
     /// identity) determines `!{firehose:random-string}`.
     pub fn render(&self, at: &UtcDateTime, seed: &str) -> String {
+        self.render_with(at, seed, None)
+    }
+
+    /// Evaluates an error output prefix for records that failed with `error_type`.
+    pub fn render_error(&self, at: &UtcDateTime, seed: &str, error_type: &str) -> String {
+        self.render_with(at, seed, Some(error_type))
+    }
+
+    fn render_with(&self, at: &UtcDateTime, seed: &str, error_type: Option<&str>) -> String {
         let mut out = String::new();
         let mut randoms = 0u32;
         for part in &self.parts {
@@ -168,6 +228,7 @@ impl PrefixTemplate {
                     out.push_str(&stable_random_string(seed, randoms));
                     randoms += 1;
                 }
+                Part::ErrorOutputType => out.push_str(error_type.unwrap_or_default()),
             }
         }
         out
@@ -375,6 +436,41 @@ mod tests {
             PrefixTemplate::parse(&format!("{}!{{timestamp:yyyy}}", "a".repeat(140))).is_err(),
             "object name appended to a long last segment"
         );
+    }
+
+    #[test]
+    fn error_output_prefixes_follow_firehose_rules() {
+        let p = PrefixTemplate::parse_error_prefix(
+            "errors/!{firehose:error-output-type}/!{timestamp:yyyy}/",
+        )
+        .unwrap();
+        assert_eq!(
+            p.render_error(&at(), "s", "s3-failed"),
+            "errors/s3-failed/2024/"
+        );
+        assert!(
+            PrefixTemplate::parse("x/!{firehose:error-output-type}/").is_err(),
+            "data prefixes cannot name the error type"
+        );
+        assert!(
+            PrefixTemplate::parse_error_prefix("errors/!{timestamp:yyyy}/").is_err(),
+            "expressions require the error type"
+        );
+        let plain = PrefixTemplate::parse_error_prefix("errors/").unwrap();
+        assert_eq!(
+            plain.render_error(&at(), "s", "s3-failed"),
+            "errors/2024/02/29/07/"
+        );
+        let data = PrefixTemplate::parse("events/").unwrap();
+        let default = data.default_error_prefix().unwrap();
+        assert_eq!(
+            default.render_error(&at(), "s", "s3-failed"),
+            "events/s3-failed/2024/02/29/07/"
+        );
+        assert!(PrefixTemplate::parse("e/!{timestamp:yyyy}/")
+            .unwrap()
+            .default_error_prefix()
+            .is_none());
     }
 
     #[test]

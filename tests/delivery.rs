@@ -161,7 +161,7 @@ fn every_compression_round_trips_with_its_extension() {
 #[test]
 fn prefix_is_applied_with_timestamp_expressions() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = "        prefix: 'raw/year=!{timestamp:yyyy}/month=!{timestamp:MM}/'\n";
+    let extra = "        prefix: 'raw/year=!{timestamp:yyyy}/month=!{timestamp:MM}/'\n        error_output_prefix: 'errors/!{firehose:error-output-type}/'\n";
     let mut daemon = Daemon::start_yaml(
         &stream_config(1, "{ size_mib: 5, interval_s: 900 }", "none", extra),
         dir.path(),

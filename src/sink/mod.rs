@@ -23,7 +23,54 @@ pub enum SinkError {
     InvalidKey { key: String, reason: &'static str },
     /// The store refused or failed a request after its retries.
     #[error("{message}")]
-    Store { message: String, permanent: bool },
+    Store {
+        message: String,
+        /// The store's error code, e.g. `InvalidArgument`.
+        code: Option<String>,
+        /// The store will never accept this object: its records go to the error output.
+        permanent: bool,
+    },
+}
+
+impl SinkError {
+    /// An I/O error of `op` on `key`, keeping a store error that travelled inside it (writers
+    /// report store failures through `std::io::Write`).
+    pub fn from_io(op: &'static str, key: &str, source: std::io::Error) -> SinkError {
+        if source.get_ref().is_some_and(|e| e.is::<SinkError>()) {
+            if let Ok(inner) = source
+                .into_inner()
+                .expect("checked")
+                .downcast::<SinkError>()
+            {
+                return *inner;
+            }
+            unreachable!("checked to be a SinkError");
+        }
+        SinkError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// Whether retrying can never succeed, so the records belong in the error output.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Store {
+                permanent: true,
+                ..
+            }
+        )
+    }
+
+    /// The store's error code, if it gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SinkError::Store { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// An object store: the S3 destination's backend.

@@ -262,6 +262,7 @@ impl From<S3Error> for SinkError {
         let permanent = e.failure == Failure::Permanent;
         SinkError::Store {
             message: e.to_string(),
+            code: e.code.clone(),
             permanent,
         }
     }

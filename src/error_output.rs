@@ -1,0 +1,113 @@
+//! The error bucket: records that cannot be delivered go, as Firehose error documents, to the
+//! destination's error output prefix instead of being dropped or blocking delivery forever.
+//!
+//! One document per record, one JSON object per line: `attemptsMade`, `arrivalTimestamp`,
+//! `errorCode`, `errorMessage`, `attemptEndingTimestamp`, `rawData` (base64), as Firehose writes
+//! them. Error objects are named like data objects, under the error prefix, with an id derived from
+//! the records they hold, so they are exactly-once too.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::log::{now_ms, LogRecord, ShardId};
+use crate::prefix::{self, PrefixTemplate};
+use crate::sink::{ObjectStore, ObjectWriter, SinkError};
+use crate::time::UtcDateTime;
+
+/// Error output type of records an S3-compatible store permanently rejected (Spillway's own type,
+/// named like Firehose's `http-endpoint-failed`; Firehose retries S3 instead).
+pub const S3_FAILED: &str = "s3-failed";
+
+/// Why a run of records failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The error output type, e.g. [`S3_FAILED`].
+    pub output_type: &'static str,
+    /// Firehose-style code, e.g. `S3.InvalidArgument`.
+    pub code: String,
+    pub message: String,
+    pub attempts: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorDocument<'a> {
+    attempts_made: u32,
+    arrival_timestamp: i64,
+    error_code: &'a str,
+    error_message: &'a str,
+    attempt_ending_timestamp: i64,
+    raw_data: String,
+}
+
+/// Names and writes error objects for one delivery stream.
+#[derive(Debug, Clone)]
+pub struct ErrorOutput {
+    pub prefix: PrefixTemplate,
+    pub stream: String,
+    pub version: u32,
+    pub instance: String,
+}
+
+impl ErrorOutput {
+    /// The key of the error object holding records of `shard` from `first` on.
+    pub fn key(&self, failure: &Failure, shard: ShardId, first: &LogRecord) -> String {
+        let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
+        let id = prefix::object_id(
+            &self.instance,
+            &format!("{}\0{}", self.stream, failure.output_type),
+            shard.0,
+            first.sequence.0,
+        );
+        prefix::object_key(
+            &self.prefix.render_error(&at, &id, failure.output_type),
+            &self.stream,
+            self.version,
+            &at,
+            &id,
+            "",
+        )
+    }
+
+    /// Starts an error object under `key`.
+    pub fn create(&self, store: &dyn ObjectStore, key: &str) -> Result<ErrorWriter, SinkError> {
+        Ok(ErrorWriter {
+            key: key.to_string(),
+            out: store.create(key)?,
+            line: Vec::new(),
+        })
+    }
+}
+
+/// An error object being written.
+pub struct ErrorWriter {
+    key: String,
+    out: Box<dyn ObjectWriter>,
+    line: Vec<u8>,
+}
+
+impl ErrorWriter {
+    /// Appends the error document of one record.
+    pub fn push(&mut self, record: &LogRecord, failure: &Failure) -> Result<(), SinkError> {
+        let doc = ErrorDocument {
+            attempts_made: failure.attempts,
+            arrival_timestamp: record.arrival_ms,
+            error_code: &failure.code,
+            error_message: &failure.message,
+            attempt_ending_timestamp: now_ms(),
+            raw_data: base64_simd::STANDARD.encode_to_string(&record.data),
+        };
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &doc).expect("an error document serializes");
+        self.line.push(b'\n');
+        self.out
+            .write_all(&self.line)
+            .map_err(|e| SinkError::from_io("write", &self.key, e))
+    }
+
+    /// Makes the error object durable and visible.
+    pub fn commit(self) -> Result<(), SinkError> {
+        self.out.commit()
+    }
+}
