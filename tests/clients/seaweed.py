@@ -39,6 +39,7 @@ kernel, through PR_SET_PDEATHSIG, so it does not outlive the helper).
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import hashlib
 import hmac
@@ -56,8 +57,9 @@ import sysconfig
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 from urllib.parse import quote
 
 __all__ = ["SeaweedS3", "SeaweedError", "weed_binary", "free_ports", "s3_config"]
@@ -300,8 +302,10 @@ class SeaweedS3:
         self.log_path = self.base_dir / "weed.log"
         self.ports: dict[str, int] = {}
         self.startup_seconds: float | None = None
+        self.returncode: int | None = None  # exit status of the last stopped process
         self._proc: subprocess.Popen | None = None
         self._log_file = None
+        self._log_offset = 0  # where the current process's output starts in the log
         self._socket_dir: Path | None = None
         self._own_socket_dir = False
 
@@ -335,13 +339,20 @@ class SeaweedS3:
         }
 
     def log_tail(self, limit: int = 8000) -> str:
+        """The current (or last) process's output: all of it if short, else
+        its first and last lines (a bad flag prints the error, then usage)."""
         if self._log_file is not None:
             self._log_file.flush()
         try:
-            data = self.log_path.read_bytes()
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
         except OSError as e:
             return f"<could not read {self.log_path}: {e}>"
-        text = data[-limit:].decode("utf-8", errors="replace")
+        if len(data) > limit:
+            head, tail = data[: limit // 4], data[-(limit - limit // 4) :]
+            data = head + b"\n[...]\n" + tail
+        text = data.decode("utf-8", errors="replace")
         return text if text.strip() else "<empty>"
 
     # -- lifecycle ----------------------------------------------------------
@@ -387,13 +398,13 @@ class SeaweedS3:
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``) and
         remove its socket files. Returns its exit status; safe to call twice."""
-        status = self._reap()
+        self._reap()
         self._remove_sockets()
         if self._own_socket_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
             self._own_socket_dir = False
-        return status
+        return self.returncode
 
     def create_bucket(self, name: str) -> None:
         """Create ``name``; an existing bucket of ours is fine."""
@@ -451,6 +462,7 @@ class SeaweedS3:
         if self._log_file is None:
             self._log_file = open(self.log_path, "ab")
         cmd = self.command(weed)
+        self._log_offset = self._log_file.tell()
         self._log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._log_file.flush()
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
@@ -463,6 +475,7 @@ class SeaweedS3:
             stderr=subprocess.STDOUT,
             preexec_fn=_set_pdeathsig if self.die_with_parent else None,
         )
+        _live_servers.add(self)
 
     def _wait_ready(self, began: float) -> None:
         """Wait until S3 answers a signed ListBuckets with 200."""
@@ -493,14 +506,13 @@ class SeaweedS3:
                 last = f"{type(e).__name__}: {e}"
             if time.monotonic() > deadline:
                 raise SeaweedError(
-                    f"S3 on {self.endpoint_url} not ready after {self.ready_timeout:.0f}s "
+                    f"S3 on {self.endpoint_url} not ready after {self.ready_timeout:g}s "
                     f"({last}); log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 
-    def _reap(self) -> int | None:
+    def _reap(self) -> None:
         proc = self._proc
-        status = None
         if proc is not None:
             if proc.poll() is None:
                 proc.terminate()
@@ -509,12 +521,12 @@ class SeaweedS3:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            status = proc.returncode
+            self.returncode = proc.returncode
             self._proc = None
+        _live_servers.discard(self)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        return status
 
     def _remove_sockets(self) -> None:
         paths = []
@@ -537,6 +549,17 @@ class SeaweedS3:
 
 class _PortTaken(Exception):
     pass
+
+
+# Servers still running when the interpreter exits (an uncaught exception, a
+# forgotten stop()) are stopped then, so no weed process outlives its owner.
+_live_servers: "weakref.WeakSet[SeaweedS3]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for server in list(_live_servers):
+        server.stop()
 
 
 # --------------------------------------------------------------------------
