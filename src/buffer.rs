@@ -30,6 +30,7 @@ impl ObjectBuffer {
         store: &dyn ObjectStore,
         key: String,
         compression: Compression,
+        level: Option<u32>,
         first: &LogRecord,
     ) -> Result<ObjectBuffer, SinkError> {
         let writer = store.create(&key)?;
@@ -37,7 +38,7 @@ impl ObjectBuffer {
         let entry = key.rsplit('/').next().unwrap_or(&key);
         let entry = entry.strip_suffix(".zip").unwrap_or(entry);
         let encoder = compression
-            .encoder(writer, entry)
+            .encoder(writer, entry, level)
             .map_err(|source| SinkError::Io {
                 op: "start compressor for",
                 key: key.clone(),

@@ -47,18 +47,53 @@ impl Compression {
         }
     }
 
-    /// Wraps `inner` in a streaming encoder of this format; `entry_name` names the entry of a ZIP.
-    pub fn encoder<W: Write>(self, inner: W, entry_name: &str) -> io::Result<Encoder<W>> {
+    /// The level to compress at: `requested`, checked against this format's range, or its default
+    /// (gzip and zip 6, zstd 3); `None` for formats without levels.
+    pub fn level(self, requested: Option<u32>) -> Result<Option<u32>, String> {
+        let (max, default) = match self {
+            Compression::Gzip | Compression::Zip => (9, 6),
+            Compression::Zstd => (19, 3),
+            _ => {
+                return match requested {
+                    None => Ok(None),
+                    Some(_) => Err(format!(
+                        "compression {} has no levels",
+                        self.firehose_name()
+                    )),
+                }
+            }
+        };
+        match requested {
+            None => Ok(Some(default)),
+            Some(l) if (1..=max).contains(&l) => Ok(Some(l)),
+            Some(l) => Err(format!(
+                "compression_level must be between 1 and {max} for {}, got {l}",
+                self.firehose_name()
+            )),
+        }
+    }
+
+    /// Wraps `inner` in a streaming encoder of this format at `level` (see [`Compression::level`]);
+    /// `entry_name` names the entry of a ZIP.
+    pub fn encoder<W: Write>(
+        self,
+        inner: W,
+        entry_name: &str,
+        level: Option<u32>,
+    ) -> io::Result<Encoder<W>> {
+        let deflate_level = flate2::Compression::new(level.unwrap_or(6).clamp(1, 9));
         Ok(match self {
             Compression::None => Encoder::None(inner),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::default(),
-            )),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(inner, deflate_level)),
             Compression::Snappy => Encoder::Snappy(Box::new(snap::write::FrameEncoder::new(inner))),
             Compression::HadoopSnappy => Encoder::HadoopSnappy(Box::new(HadoopSnappy::new(inner))),
-            Compression::Zip => Encoder::Zip(Box::new(ZipEntry::new(inner, entry_name)?)),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
+            Compression::Zip => {
+                Encoder::Zip(Box::new(ZipEntry::new(inner, entry_name, deflate_level)?))
+            }
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(
+                inner,
+                level.unwrap_or(3).clamp(1, 19) as i32,
+            )?),
         })
     }
 }
@@ -207,7 +242,7 @@ pub struct ZipEntry<W: Write> {
 const ZIP_DOS_DATE_1980_01_01: u16 = 0x0021;
 
 impl<W: Write> ZipEntry<W> {
-    fn new(mut inner: W, name: &str) -> io::Result<Self> {
+    fn new(mut inner: W, name: &str, level: flate2::Compression) -> io::Result<Self> {
         let name = name.as_bytes().to_vec();
         let mut h = Vec::with_capacity(30 + name.len());
         h.extend_from_slice(&0x0403_4b50u32.to_le_bytes()); // local file header
@@ -222,10 +257,7 @@ impl<W: Write> ZipEntry<W> {
         h.extend_from_slice(&name);
         inner.write_all(&h)?;
         Ok(ZipEntry {
-            deflate: flate2::write::DeflateEncoder::new(
-                Counting { inner, count: 0 },
-                flate2::Compression::default(),
-            ),
+            deflate: flate2::write::DeflateEncoder::new(Counting { inner, count: 0 }, level),
             name,
             crc: crc32fast::Hasher::new(),
             raw_len: 0,
@@ -362,7 +394,9 @@ mod tests {
             Compression::Zstd,
         ] {
             let encode = || {
-                let mut e = c.encoder(Vec::new(), "entry").unwrap();
+                let mut e = c
+                    .encoder(Vec::new(), "entry", c.level(None).unwrap())
+                    .unwrap();
                 for chunk in payload.chunks(777) {
                     e.write_all(chunk).unwrap();
                 }

@@ -259,6 +259,9 @@ pub struct S3Destination {
     pub buffering: BufferingHints,
     #[serde(default)]
     pub compression: Compression,
+    /// gzip and zip 1–9 (default 6), zstd 1–19 (default 3): lower is faster, higher is smaller.
+    #[serde(default)]
+    pub compression_level: Option<u32>,
     /// S3 endpoint URL; default: `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS.
     #[serde(default)]
     pub endpoint: Option<String>,
@@ -577,6 +580,12 @@ impl Config {
     fn check_across_fields(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         for (i, ds) in self.delivery_streams.iter().enumerate() {
             let Destination::S3(s3) = &ds.destination;
+            if let Err(msg) = s3.compression.level(s3.compression_level) {
+                let line = line_of_field(text, ds.name.as_str(), "compression_level:");
+                return Err(ConfigError(format!(
+                    "{origin}:{line}: delivery_streams[{i}].destination.s3.compression_level: {msg}"
+                )));
+            }
             if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
                 let line = line_of_field(text, ds.name.as_str(), "prefix:");
                 return Err(ConfigError(format!(
@@ -762,6 +771,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("error-output-type"));
+    }
+
+    #[test]
+    fn compression_levels_are_checked_per_format() {
+        let with = |c: &str, l: &str| {
+            MINIMAL.replace(
+                "{ url: 'file://./lake' }",
+                &format!("{{ url: 'file://./lake', compression: {c}, compression_level: {l} }}"),
+            )
+        };
+        Config::parse(&with("gzip", "1"), "t").unwrap();
+        Config::parse(&with("zstd", "19"), "t").unwrap();
+        for (c, l) in [
+            ("gzip", "10"),
+            ("gzip", "0"),
+            ("zstd", "20"),
+            ("snappy", "1"),
+            ("none", "3"),
+        ] {
+            let err = Config::parse(&with(c, l), "t").unwrap_err().to_string();
+            assert!(err.contains("compression_level"), "{c} {l}: {err}");
+        }
     }
 
     #[test]

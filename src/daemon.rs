@@ -169,6 +169,10 @@ async fn destination(
         },
         hints: s3.buffering,
         compression: s3.compression,
+        compression_level: s3
+            .compression
+            .level(s3.compression_level)
+            .map_err(anyhow::Error::msg)?,
         prefix: s3.prefix.clone(),
         errors: crate::error_output::ErrorOutput {
             prefix: s3

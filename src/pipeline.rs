@@ -40,6 +40,8 @@ pub struct DeliverySettings {
     pub delimiter: Vec<u8>,
     pub hints: BufferingHints,
     pub compression: Compression,
+    /// The effective compression level (see `Compression::level`).
+    pub compression_level: Option<u32>,
     pub prefix: PrefixTemplate,
     /// Where permanently rejected records go.
     pub errors: ErrorOutput,
@@ -223,7 +225,7 @@ impl Pipeline {
             &id,
             s.compression.extension(),
         );
-        ObjectBuffer::open(&*self.store, key, s.compression, first)
+        ObjectBuffer::open(&*self.store, key, s.compression, s.compression_level, first)
     }
 
     /// Commits `obj` under the exactly-once protocol described in the module docs.
@@ -464,6 +466,7 @@ mod tests {
                 interval_s: 900,
             },
             compression: Compression::None,
+            compression_level: None,
             prefix: PrefixTemplate::parse("data/").unwrap(),
             errors: ErrorOutput {
                 prefix: PrefixTemplate::parse("data/")

@@ -45,6 +45,9 @@ pub enum Failure {
     Permanent,
     /// A conditional create found the object already there.
     AlreadyExists,
+    /// The multipart upload no longer exists (aborted or completed): retrying the request is
+    /// pointless, the object must start over (or, for an abort, there is nothing left to do).
+    UploadGone,
 }
 
 /// An S3 request error with its classification.
@@ -85,12 +88,13 @@ pub struct S3Store {
     inner: Arc<Inner>,
 }
 
-/// A multipart upload recorded until it is completed or aborted.
+/// A key with multipart uploads possibly open, recorded before the first CreateMultipartUpload and
+/// removed once none is left: a Create whose response was lost still leaves an upload behind, so
+/// uploads are found by key (ListMultipartUploads), not by the ids we happened to receive.
 #[derive(Debug, Serialize, Deserialize)]
 struct JournalEntry {
     bucket: String,
     key: String,
-    upload_id: String,
 }
 
 impl S3Store {
@@ -165,7 +169,7 @@ impl S3Store {
         Ok(store)
     }
 
-    /// Aborts the multipart uploads recorded in the journal (a crash left them open).
+    /// Aborts the multipart uploads of every key in the journal (a crash left them open).
     async fn abort_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir(&self.inner.journal_dir) else {
             return;
@@ -180,29 +184,67 @@ impl S3Store {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            let result = self
-                .inner
-                .client
-                .abort_multipart_upload()
-                .bucket(&e.bucket)
-                .key(&e.key)
-                .upload_id(&e.upload_id)
-                .send()
-                .await;
-            match result {
-                Ok(_) => {
-                    tracing::info!(key = %e.key, upload_id = %e.upload_id, "aborted a multipart upload left by an earlier run");
+            if e.bucket != self.inner.bucket {
+                continue;
+            }
+            match self.inner.abort_uploads_of(&e.key).await {
+                Ok(0) => {
                     let _ = std::fs::remove_file(&path);
                 }
-                Err(err) if classify(&err).1.as_deref() == Some("NoSuchUpload") => {
+                Ok(n) => {
+                    tracing::info!(key = %e.key, uploads = n, "aborted multipart uploads left by an earlier run");
                     let _ = std::fs::remove_file(&path);
                 }
-                Err(err) => {
-                    tracing::warn!(key = %e.key, upload_id = %e.upload_id, error = %describe(&err),
-                    "could not abort a leftover multipart upload; will try again at the next start")
-                }
+                Err(err) => tracing::warn!(key = %e.key, error = %err,
+                    "could not abort leftover multipart uploads; will try again at the next start"),
             }
         }
+    }
+}
+
+impl Inner {
+    /// Aborts every multipart upload open for exactly `key`; returns how many there were. Only this
+    /// pipeline ever writes `key` (keys are unique per data directory, stream, shard and first
+    /// record), so every such upload is ours.
+    async fn abort_uploads_of(&self, key: &str) -> Result<usize, String> {
+        let listed = with_retries(self, "ListMultipartUploads", key, || {
+            self.client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .send()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut aborted = 0;
+        for upload in listed.uploads() {
+            let (Some(k), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            if k != key {
+                continue;
+            }
+            let result = with_retries(self, "AbortMultipartUpload", key, || {
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+            })
+            .await;
+            match result {
+                Ok(_) => aborted += 1,
+                Err(e) if e.failure == Failure::UploadGone => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(aborted)
+    }
+
+    fn journal_path(&self, key: &str) -> PathBuf {
+        self.journal_dir
+            .join(format!("{}.json", hex_md5(key.as_bytes())))
     }
 }
 
@@ -232,7 +274,7 @@ impl ObjectStore for S3Store {
             spilled: 0,
             part_md5: Md5::new(),
             upload: None,
-            committed: false,
+            journaled: false,
         }))
     }
 
@@ -271,7 +313,6 @@ impl From<S3Error> for SinkError {
 struct Multipart {
     upload_id: String,
     parts: Vec<CompletedPart>,
-    journal: PathBuf,
 }
 
 /// An object being written to S3 through its spill file.
@@ -284,7 +325,8 @@ struct S3Object {
     spilled: u64,
     part_md5: Md5,
     upload: Option<Multipart>,
-    committed: bool,
+    /// The key is in the upload journal (a multipart upload may be open).
+    journaled: bool,
 }
 
 impl Write for S3Object {
@@ -334,6 +376,19 @@ impl S3Object {
     fn upload_part(&mut self) -> Result<(), SinkError> {
         let inner = Arc::clone(&self.inner);
         if self.upload.is_none() {
+            let journal = inner.journal_path(&self.key);
+            let entry = JournalEntry {
+                bucket: inner.bucket.clone(),
+                key: self.key.clone(),
+            };
+            write_synced(&journal, &serde_json::to_vec(&entry).expect("serializes")).map_err(
+                |source| SinkError::Io {
+                    op: "record multipart upload of",
+                    key: self.key.clone(),
+                    source,
+                },
+            )?;
+            self.journaled = true;
             let created = inner.runtime.block_on(with_retries(
                 &inner,
                 "CreateMultipartUpload",
@@ -347,27 +402,9 @@ impl S3Object {
                         .send()
                 },
             ))?;
-            let upload_id = created.upload_id().unwrap_or_default().to_string();
-            let journal = inner.journal_dir.join(format!(
-                "{}.json",
-                hex_md5(format!("{}\0{upload_id}", self.key).as_bytes())
-            ));
-            let entry = JournalEntry {
-                bucket: inner.bucket.clone(),
-                key: self.key.clone(),
-                upload_id: upload_id.clone(),
-            };
-            write_synced(&journal, &serde_json::to_vec(&entry).expect("serializes")).map_err(
-                |source| SinkError::Io {
-                    op: "record multipart upload of",
-                    key: self.key.clone(),
-                    source,
-                },
-            )?;
             self.upload = Some(Multipart {
-                upload_id,
+                upload_id: created.upload_id().unwrap_or_default().to_string(),
                 parts: Vec::new(),
-                journal,
             });
         }
         let part_number = self.upload.as_ref().map_or(0, |u| u.parts.len()) as i32 + 1;
@@ -439,7 +476,7 @@ impl S3Object {
             match head {
                 Ok(_) => {
                     tracing::debug!(%key, "object already delivered (HEAD); skipping the replay");
-                    self.abort();
+                    self.close_out_uploads();
                     return Ok(());
                 }
                 Err(e) if e.status == Some(404) => {}
@@ -454,7 +491,7 @@ impl S3Object {
         match result {
             Err(e) if e.failure == Failure::AlreadyExists => {
                 tracing::debug!(%key, "object already delivered (412); skipping the replay");
-                self.abort();
+                self.close_out_uploads();
                 Ok(())
             }
             Err(e)
@@ -537,55 +574,46 @@ impl S3Object {
                 req.send()
             },
         ))?;
-        let upload = self.upload.take().expect("multipart");
-        let _ = std::fs::remove_file(&upload.journal);
+        // Ours is complete; any other upload of this key (a Create whose response was lost) goes.
+        self.close_out_uploads();
         Ok(())
     }
 
-    /// Aborts the multipart upload, if any (best effort; the journal keeps it for the next start).
-    fn abort(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            let inner = Arc::clone(&self.inner);
-            let result = inner.runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(30),
-                    inner
-                        .client
-                        .abort_multipart_upload()
-                        .bucket(&inner.bucket)
-                        .key(&self.key)
-                        .upload_id(&upload.upload_id)
-                        .send(),
-                )
-                .await
-            });
-            match result {
-                Ok(Ok(_)) => {
-                    let _ = std::fs::remove_file(&upload.journal);
-                }
-                Ok(Err(e)) if classify(&e).1.as_deref() == Some("NoSuchUpload") => {
-                    let _ = std::fs::remove_file(&upload.journal);
-                }
-                _ => tracing::warn!(key = %self.key, upload_id = %upload.upload_id,
-                    "could not abort a multipart upload now; it is aborted at the next start"),
+    /// Aborts whatever multipart uploads are still open for this key (ours, and any a lost Create
+    /// response left behind), then forgets the key. Best effort: a failure leaves the journal entry
+    /// for the next start.
+    fn close_out_uploads(&mut self) {
+        self.upload = None;
+        if !self.journaled {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let result = inner.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(300), inner.abort_uploads_of(&self.key)).await
+        });
+        match result {
+            Ok(Ok(_)) => {
+                let _ = std::fs::remove_file(inner.journal_path(&self.key));
+                self.journaled = false;
             }
+            Ok(Err(e)) => tracing::warn!(key = %self.key, error = %e,
+                "could not abort multipart uploads now; they are aborted at the next start"),
+            Err(_) => tracing::warn!(key = %self.key,
+                "aborting multipart uploads timed out; they are aborted at the next start"),
         }
     }
 }
 
 impl ObjectWriter for S3Object {
     fn commit(mut self: Box<Self>) -> Result<(), SinkError> {
-        let result = self.finish();
-        self.committed = result.is_ok();
-        result
+        self.finish()
     }
 }
 
 impl Drop for S3Object {
     fn drop(&mut self) {
-        if !self.committed {
-            self.abort();
-        }
+        // Nothing is left open for a committed object; an abandoned one has its uploads aborted.
+        self.close_out_uploads();
         self.spill = None;
         let _ = std::fs::remove_file(&self.spill_path);
     }
@@ -625,6 +653,7 @@ fn classify<E: ProvideErrorMetadata>(
             let code = service.err().code().map(str::to_string);
             let status = service.raw().status().as_u16();
             let failure = match (status, code.as_deref()) {
+                (_, Some("NoSuchUpload")) => Failure::UploadGone,
                 (412, _) | (_, Some("PreconditionFailed")) => Failure::AlreadyExists,
                 (s, _) if s >= 500 || s == 429 || s == 408 => Failure::Transient,
                 (
@@ -641,8 +670,8 @@ fn classify<E: ProvideErrorMetadata>(
                 ) => Failure::Transient,
                 // Credentials and buckets can be fixed while we wait: keep retrying, never drop.
                 (401 | 403 | 404, _) => Failure::Transient,
-                // Another writer raced us on the same key, or an upload vanished: retry from scratch.
-                (409, _) | (_, Some("NoSuchUpload")) => Failure::Transient,
+                // A conflicting concurrent operation: retry.
+                (409, _) => Failure::Transient,
                 (400..=499, _) => Failure::Permanent,
                 _ => Failure::Transient,
             };
