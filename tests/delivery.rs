@@ -183,22 +183,28 @@ fn prefix_is_applied_with_timestamp_expressions() {
     );
 }
 
+/// A lake where every commit fails (a file stands where the prefix directory must go), and a
+/// config for `shards` delivering into it with flushes as soon as records are read.
+fn blocked_lake(root: &std::path::Path, shards: u32) -> (std::path::PathBuf, String) {
+    let lake = root.join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    std::fs::write(lake.join("blocked"), b"not a directory").unwrap();
+    let config = stream_config(
+        shards,
+        "{ size_mib: 1, interval_s: 0 }",
+        "none",
+        "        prefix: 'blocked/'\n",
+    );
+    (lake, config)
+}
+
 /// While the lake cannot be written, records stay in the log; the drain gives up after the grace
 /// period with exit 0, requests during the drain get 503, and a restart delivers everything once.
 #[test]
 fn undeliverable_records_survive_a_timed_out_drain() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    std::fs::create_dir_all(&lake).unwrap();
-    // A file where the prefix directory must go makes every commit fail.
-    std::fs::write(lake.join("blocked"), b"not a directory").unwrap();
-    let config = stream_config(
-        2,
-        "{ size_mib: 1, interval_s: 0 }",
-        "none",
-        "        prefix: 'blocked/'\n",
-    )
-    .replace("shutdown_grace_s: 20", "shutdown_grace_s: 2");
+    let (lake, config) = blocked_lake(dir.path(), 2);
+    let config = config.replace("shutdown_grace_s: 20", "shutdown_grace_s: 2");
     let mut daemon = Daemon::start_yaml(&config, dir.path());
     let mut sent = records(700, "blocked");
     send_all(&daemon, &sent);
@@ -309,16 +315,8 @@ fn two_daemons_sharing_a_lake_do_not_collide() {
 #[test]
 fn disk_budget_answers_503_until_delivery_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    std::fs::create_dir_all(&lake).unwrap();
-    std::fs::write(lake.join("blocked"), b"not a directory").unwrap();
-    let config = stream_config(
-        1,
-        "{ size_mib: 1, interval_s: 0 }",
-        "none",
-        "        prefix: 'blocked/'\n",
-    )
-    .replace(
+    let (lake, config) = blocked_lake(dir.path(), 1);
+    let config = config.replace(
         "log: { segment_mib: 1 }",
         "log: { segment_mib: 1, max_disk_mib: 4 }",
     );

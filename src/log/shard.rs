@@ -737,6 +737,10 @@ mod tests {
         }
     }
 
+    fn open_shard(dir: impl Into<PathBuf>, opts: LogOptions) -> Arc<ShardLog> {
+        ShardLog::open(ShardId(0), dir.into(), opts, Arc::default()).unwrap()
+    }
+
     fn append_all(shard: &ShardLog, records: &[&[u8]]) -> SequenceNumber {
         let a = shard
             .append(records.iter().map(|r| (&b""[..], *r)))
@@ -763,8 +767,7 @@ mod tests {
     #[test]
     fn appends_are_read_back_in_order_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let shard =
-            ShardLog::open(ShardId(0), dir.path().join("s"), opts(100), Arc::default()).unwrap();
+        let shard = open_shard(dir.path().join("s"), opts(100));
         let payloads: Vec<Vec<u8>> = (0..50u32)
             .map(|i| format!("record-{i}").into_bytes())
             .collect();
@@ -783,8 +786,7 @@ mod tests {
         shard.close();
 
         // Reopening keeps everything and continues the sequence.
-        let shard =
-            ShardLog::open(ShardId(0), dir.path().join("s"), opts(100), Arc::default()).unwrap();
+        let shard = open_shard(dir.path().join("s"), opts(100));
         assert_eq!(append_all(&shard, &[b"after"]), SequenceNumber(50));
         let got =
             read_all(&mut shard.reader(StartingPosition::AtSequenceNumber(SequenceNumber(49))));
@@ -795,13 +797,7 @@ mod tests {
     #[test]
     fn iterator_positions() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(64),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(64));
         append_all(&shard, &[b"a", b"b", b"c"]);
         std::thread::sleep(Duration::from_millis(5));
         let t = now_ms();
@@ -838,13 +834,7 @@ mod tests {
     #[test]
     fn read_limits_are_respected() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(1 << 20),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(1 << 20));
         let big = vec![7u8; 300_000];
         append_all(&shard, &[&big, &big, &big, b"x"]);
         let mut reader = shard.reader(StartingPosition::TrimHorizon);
@@ -861,13 +851,7 @@ mod tests {
     #[test]
     fn records_larger_than_a_read_chunk_are_read_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(64 << 20),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(64 << 20));
         let big = vec![9u8; 1_024_000];
         append_all(&shard, &[b"small", &big, b"tail"]);
         let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
@@ -879,13 +863,7 @@ mod tests {
     #[test]
     fn concurrent_appends_get_contiguous_sequence_numbers() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(1 << 16),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(1 << 16));
         let threads: Vec<_> = (0..8u8)
             .map(|t| {
                 let shard = Arc::clone(&shard);
@@ -917,8 +895,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = opts(50);
         o.retention = Duration::from_millis(1);
-        let shard =
-            ShardLog::open(ShardId(0), dir.path().to_path_buf(), o, Arc::default()).unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), o);
         for i in 0..10u8 {
             append_all(&shard, &[&[i; 40]]);
         }
@@ -951,8 +928,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = opts(100);
         o.max_disk_bytes = 500;
-        let shard =
-            ShardLog::open(ShardId(0), dir.path().to_path_buf(), o, Arc::default()).unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), o);
         let mut appended = 0;
         loop {
             match shard.append([(&b""[..], &[7u8; 80][..])]) {
@@ -982,13 +958,7 @@ mod tests {
     #[test]
     fn young_segments_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(50),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(50));
         for i in 0..5u8 {
             append_all(&shard, &[&[i; 40]]);
         }
@@ -999,13 +969,7 @@ mod tests {
     #[test]
     fn appends_after_close_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(1 << 20),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(1 << 20));
         shard.close();
         assert!(matches!(
             shard.append([(&b""[..], &b"x"[..])]),
@@ -1018,15 +982,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         {
-            let shard =
-                ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+            let shard = open_shard(path.clone(), opts(1 << 20));
             append_all(&shard, &[b"a", b"b"]);
             shard.close();
         }
         // A roll to base 1 created its file, failed, and records 1.. went on in segment 0.
         std::fs::write(segment_path(&path, SequenceNumber(1)), b"").unwrap();
-        let shard =
-            ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+        let shard = open_shard(path.clone(), opts(1 << 20));
         assert_eq!(
             append_all(&shard, &[b"c"]),
             SequenceNumber(2),
@@ -1043,13 +1005,7 @@ mod tests {
     #[test]
     fn oversize_records_are_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = ShardLog::open(
-            ShardId(0),
-            dir.path().to_path_buf(),
-            opts(1 << 20),
-            Arc::default(),
-        )
-        .unwrap();
+        let shard = open_shard(dir.path().to_path_buf(), opts(1 << 20));
         let big = vec![0u8; MAX_DATA_BYTES + 1];
         let key = vec![b'k'; MAX_KEY_BYTES + 1];
         assert!(matches!(
@@ -1098,7 +1054,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s");
             {
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+                let shard = open_shard(path.clone(), opts(1 << 20));
                 for p in &payloads {
                     append_all(&shard, &[p]);
                 }
@@ -1110,7 +1066,7 @@ mod tests {
             let last_start = full.len() - frame::framed_len(0, last.len());
             for cut in last_start..full.len() {
                 std::fs::write(&seg, &full[..cut]).unwrap();
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+                let shard = open_shard(path.clone(), opts(1 << 20));
                 let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
                 prop_assert_eq!(datas(&got), payloads[..payloads.len() - 1].to_vec());
                 prop_assert_eq!(std::fs::metadata(&seg).unwrap().len(), last_start as u64);
@@ -1127,7 +1083,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s");
             {
-                let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+                let shard = open_shard(path.clone(), opts(1 << 20));
                 append_all(&shard, &[b"one", b"two"]);
                 shard.close();
             }
@@ -1135,7 +1091,7 @@ mod tests {
             let mut raw = std::fs::read(&seg).unwrap();
             raw.extend_from_slice(&garbage);
             std::fs::write(&seg, &raw).unwrap();
-            let shard = ShardLog::open(ShardId(0), path.clone(), opts(1 << 20), Arc::default()).unwrap();
+            let shard = open_shard(path.clone(), opts(1 << 20));
             let got = read_all(&mut shard.reader(StartingPosition::TrimHorizon));
             prop_assert_eq!(datas(&got), vec![b"one".to_vec(), b"two".to_vec()]);
             shard.close();

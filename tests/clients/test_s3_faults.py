@@ -84,10 +84,6 @@ delivery_streams:
 def start_daemon(workdir: Path, config: Path, proxy: FaultProxy) -> Spillway:
     """The daemon, reaching the store only through the proxy."""
     daemon = Spillway(workdir, config=config, env={"AWS_ENDPOINT_URL": proxy.url})
-    for attempt in range(3):  # the binary may be replaced by a rebuild at any moment
-        if daemon.binary.is_file():
-            break
-        time.sleep(5)
     daemon.start()
     return daemon
 
