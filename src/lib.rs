@@ -10,6 +10,7 @@ pub mod compression;
 pub mod config;
 pub mod daemon;
 pub mod error_output;
+pub mod format;
 pub mod fs;
 pub mod ingest;
 pub mod log;

@@ -1,0 +1,8 @@
+//! Record format conversion: JSON records to columnar files (Parquet, ORC) with a table schema,
+//! Firehose's `DataFormatConversionConfiguration`.
+//!
+//! Built so far: the schema ([`schema`]): Glue / Hive column types, parsed and mapped to Arrow.
+//! The deserializers (OpenX / Hive JSON SerDe) and the Parquet and ORC serializers build on it; until
+//! they exist, `format_conversion` is not accepted in the configuration.
+
+pub mod schema;
