@@ -48,7 +48,7 @@ fn civil_from_days(z: i64) -> (i32, u32, u32) {
 }
 
 /// Inverse of [`civil_from_days`].
-fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y as i64 - 1 } else { y as i64 };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
