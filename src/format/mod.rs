@@ -7,6 +7,8 @@
 //! The deserializers (OpenX / Hive JSON SerDe) and the Parquet and ORC serializers build on it; until
 //! they exist, `format_conversion` is not accepted in the configuration.
 
+pub mod columnar;
 pub mod deserializer;
+pub mod parquet;
 pub mod schema;
 pub mod timestamp;
