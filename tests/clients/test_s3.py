@@ -69,7 +69,7 @@ def firehose_client(daemon: Spillway):
 
 
 def write_config(tmp_path: Path, *, shards=1, buffering="{ size_mib: 64, interval_s: 900 }",
-                 compression="none", extra="", grace=30) -> Path:
+                 compression="none", extra="", grace=30, request_timeout_s=10) -> Path:
     path = tmp_path / "s3-test.yaml"
     path.write_text(f"""\
 listen: ${{SPILLWAY_LISTEN}}
@@ -85,7 +85,7 @@ delivery_streams:
         force_path_style: true
         buffering: {buffering}
         compression: {compression}
-        request_timeout_s: 10
+        request_timeout_s: {request_timeout_s}
 {extra}""")
     return path
 

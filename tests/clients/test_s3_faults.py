@@ -27,7 +27,7 @@ from botocore.config import Config
 
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, STREAM, Spillway
 from faultproxy import FAULT_KINDS, FaultProxy
-from test_s3 import bucket, bucket_keys, firehose_client, open_uploads, s3, seaweed, store_env  # noqa: F401
+from test_s3 import bucket, bucket_keys, firehose_client, open_uploads, s3, seaweed, store_env, write_config  # noqa: F401
 
 REQUEST_TIMEOUT_S = 2
 STALL_S = 4.0  # > REQUEST_TIMEOUT_S: the daemon gives up on a stalled request first
@@ -60,25 +60,8 @@ def proxy(seaweed):
 
 
 def write_fault_config(workdir: Path, compression: str, buffering="{ size_mib: 8, interval_s: 1 }") -> Path:
-    path = workdir / "s3-faults.yaml"
-    path.write_text(f"""\
-listen: ${{SPILLWAY_LISTEN}}
-data_dir: ${{SPILLWAY_DATA_DIR}}
-shutdown_grace_s: {GRACE_S}
-delivery_streams:
-  - name: {STREAM}
-    source: {{ direct_put: {{ shards: 2 }} }}
-    processing: [ {{ append_delimiter: true }} ]
-    destination:
-      s3:
-        url: s3://${{SPILLWAY_S3_BUCKET}}
-        force_path_style: true
-        buffering: {buffering}
-        compression: {compression}
-        part_mib: 5
-        request_timeout_s: {REQUEST_TIMEOUT_S}
-""")
-    return path
+    return write_config(workdir, shards=2, buffering=buffering, compression=compression,
+                        extra="        part_mib: 5\n", grace=GRACE_S, request_timeout_s=REQUEST_TIMEOUT_S)
 
 
 def start_daemon(workdir: Path, config: Path, proxy: FaultProxy) -> Spillway:
