@@ -5,6 +5,18 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+/// Lowercase hex of the MD5 of `data`: short, fixed-length file names derived from keys of any
+/// length, and stable ids.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex(&Md5::digest(data))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Syncs a directory so that a file created, renamed or removed in it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -356,9 +356,8 @@ pub fn object_key(
 /// holds the records, stream, shard, first sequence number), so that a replayed object lands under
 /// the same key, while two daemons with separate data directories never collide in a shared lake.
 pub fn object_id(instance: &str, stream: &str, shard: u32, first_sequence: u64) -> String {
-    use md5::{Digest, Md5};
-    let d = Md5::digest(format!("{instance}\0{stream}\0{shard}\0{first_sequence}").as_bytes());
-    let h: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let h =
+        crate::fs::md5_hex(format!("{instance}\0{stream}\0{shard}\0{first_sequence}").as_bytes());
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -197,7 +197,7 @@ pub fn instance_id(data_dir: &std::path::Path) -> Result<String, LogError> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))
         .map_err(LogError::io("/dev/urandom"))?;
-    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::fs::hex(&raw);
     let tmp = data_dir.join("instance-id.tmp");
     std::fs::write(&tmp, &id)
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())

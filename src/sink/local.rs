@@ -46,7 +46,7 @@ impl ObjectStore for LocalStore {
         let tmp = self
             .root
             .join(TMP_DIR)
-            .join(format!("{}.tmp", key_hash(key)));
+            .join(format!("{}.tmp", crate::fs::md5_hex(key.as_bytes())));
         let file = File::create(&tmp).map_err(|source| SinkError::Io {
             op: "create",
             key: key.to_string(),
@@ -212,14 +212,6 @@ impl Write for WritebackFile {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
-}
-
-fn key_hash(key: &str) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]

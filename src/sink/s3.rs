@@ -244,7 +244,7 @@ impl Inner {
 
     fn journal_path(&self, key: &str) -> PathBuf {
         self.journal_dir
-            .join(format!("{}.json", hex_md5(key.as_bytes())))
+            .join(format!("{}.json", crate::fs::md5_hex(key.as_bytes())))
     }
 }
 
@@ -254,7 +254,7 @@ impl ObjectStore for S3Store {
         let spill_path = self
             .inner
             .spill_dir
-            .join(format!("{}.spill", hex_md5(key.as_bytes())));
+            .join(format!("{}.spill", crate::fs::md5_hex(key.as_bytes())));
         let file = File::options()
             .read(true)
             .write(true)
@@ -765,13 +765,6 @@ fn fastrand_u64() -> u64 {
         s.set(x);
         x
     })
-}
-
-fn hex_md5(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn write_synced(path: &Path, body: &[u8]) -> io::Result<()> {
