@@ -224,34 +224,37 @@ class Spillway:
             pytrace=False,
         )
 
-    def stop(self) -> None:
-        """SIGTERM the daemon and require a clean exit (code 0) within 30 s."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S, context: str = "") -> float:
+        """SIGTERM the daemon and require a clean exit (code 0) within ``timeout`` seconds;
+        returns the seconds the drain took. ``context`` is added to failure messages."""
         if self.returncode is not None:
-            return
+            return 0.0
         assert self.proc is not None, "daemon was never started"
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                pytest.fail(
-                    f"spillway did not exit within {STOP_TIMEOUT_S:.0f}s of SIGTERM."
-                    f"\n--- stderr ---\n{_tail(self.stderr_path)}",
-                    pytrace=False,
-                )
-            self.returncode = self.proc.returncode
-            assert self.returncode == 0, (
-                f"spillway exited with code {self.returncode} after SIGTERM, expected 0."
-                f"\n--- stderr ---\n{_tail(self.stderr_path)}"
-            )
-        else:
+        extra = f"; {context}" if context else ""
+        if self.proc.poll() is not None:
             self.returncode = self.proc.returncode
             pytest.fail(
-                f"spillway had already exited (code {self.returncode}) before stop()."
+                f"spillway had already exited (code {self.returncode}) before stop(){extra}."
                 f"\n--- stderr ---\n{_tail(self.stderr_path)}",
                 pytrace=False,
             )
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(
+                f"spillway did not exit within {timeout:.0f}s of SIGTERM{extra}."
+                f"\n--- stderr ---\n{_tail(self.stderr_path)}",
+                pytrace=False,
+            )
+        self.returncode = self.proc.returncode
+        assert self.returncode == 0, (
+            f"spillway exited with code {self.returncode} after SIGTERM, expected 0{extra}."
+            f"\n--- stderr ---\n{_tail(self.stderr_path)}"
+        )
+        return time.monotonic() - began
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -90,16 +90,21 @@ delivery_streams:
     return path
 
 
-def bucket_records(s3, bucket: str) -> list[bytes]:
-    """Every newline-delimited record in the bucket (gzip objects decompressed)."""
-    records = []
+def bucket_contents(s3, bucket: str) -> list[tuple[str, bytes]]:
+    """(key, record) for every newline-delimited record of every object (gzip decompressed)."""
+    out = []
     for key in bucket_keys(s3, bucket):
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         if key.endswith(".gz"):
             body = gzip.decompress(body)
         assert body.endswith(b"\n"), f"{key} does not end with a delimiter"
-        records.extend(body[:-1].split(b"\n"))
-    return records
+        out.extend((key, rec) for rec in body[:-1].split(b"\n"))
+    return out
+
+
+def bucket_records(s3, bucket: str) -> list[bytes]:
+    """Every record in the bucket."""
+    return [rec for _, rec in bucket_contents(s3, bucket)]
 
 
 def bucket_keys(s3, bucket: str) -> list[str]:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import base64
 import collections
-import gzip
 import hashlib
 import os
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from botocore.config import Config
 
 from conftest import ACCESS_KEY, REGION, SECRET_KEY, STREAM, Spillway
 from faultproxy import FAULT_KINDS, FaultProxy
-from test_s3 import bucket, bucket_keys, firehose_client, open_uploads, s3, seaweed, store_env, write_config  # noqa: F401
+from test_s3 import bucket, bucket_contents, bucket_keys, firehose_client, open_uploads, s3, seaweed, store_env, write_config  # noqa: F401
 
 REQUEST_TIMEOUT_S = 2
 STALL_S = 4.0  # > REQUEST_TIMEOUT_S: the daemon gives up on a stalled request first
@@ -81,27 +78,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def stop_daemon(daemon: Spillway, proxy: FaultProxy, timeout: float = GRACE_S + 10) -> float:
     """SIGTERM and wait for a clean exit (the drain may take up to the grace period); seconds taken."""
-    began = time.monotonic()
-    assert daemon.proc.poll() is None, (
-        f"daemon died under faults (code {daemon.proc.returncode}); proxy {proxy.counters()}\n"
-        f"--- stderr ---\n{daemon.stderr_tail()}"
-    )
-    daemon.proc.send_signal(signal.SIGTERM)
-    try:
-        daemon.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        pytest.fail(
-            f"daemon did not exit within {timeout:.0f}s of SIGTERM (grace {GRACE_S}s); proxy "
-            f"{proxy.counters()}\n--- stderr ---\n{daemon.stderr_tail()}",
-            pytrace=False,
-        )
-    daemon.returncode = daemon.proc.returncode
-    assert daemon.returncode == 0, (
-        f"daemon exited with {daemon.returncode} after SIGTERM; proxy {proxy.counters()}\n"
-        f"--- stderr ---\n{daemon.stderr_tail()}"
-    )
-    return time.monotonic() - began
+    return daemon.stop(timeout=timeout, context=f"proxy {proxy.counters()}")
 
 
 class Load:
@@ -172,18 +149,6 @@ class Load:
     def count(self) -> int:
         with self.lock:
             return len(self.acked)
-
-
-def bucket_contents(s3, bucket: str) -> list[tuple[str, bytes]]:
-    """(key, record) for every record of every object, read from the store directly."""
-    out = []
-    for key in bucket_keys(s3, bucket):
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        if key.endswith(".gz"):
-            body = gzip.decompress(body)
-        assert body.endswith(b"\n"), f"{key} does not end with a delimiter"
-        out.extend((key, rec) for rec in body[:-1].split(b"\n"))
-    return out
 
 
 def check_exactly_once(s3, bucket: str, load: Load, proxy: FaultProxy, daemon: Spillway) -> int:
