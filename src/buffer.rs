@@ -1,71 +1,174 @@
 //! A delivery buffer: the object being assembled from a run of records.
 //!
-//! Records stream through the compressor straight into the store's writer, so a buffer holds a few
-//! hundred KiB however large `size_mib` is; the log, not memory, is what keeps records until the object
-//! is committed. The size hint counts bytes before compression (data plus delimiters), as Firehose does.
+//! Records stream straight into the store's writer, through the compressor or, with format
+//! conversion, through the Parquet / ORC writer, so a buffer holds a few hundred KiB (or one row
+//! group / stripe) however large `size_mib` is; the log, not memory, is what keeps records until the
+//! object is committed. The size hint counts record bytes before conversion and compression (data plus
+//! delimiters), as Firehose does.
+//!
+//! With conversion, one run of records can make two objects: the converted file and an error object
+//! of the records that did not fit the schema (`format-conversion-failed`). Both are functions of
+//! the records alone, so a replay of the run rebuilds both under the same keys.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::compression::{Compression, Encoder};
+use crate::compression::Encoder;
 use crate::config::BufferingHints;
-use crate::log::{LogRecord, SequenceNumber};
+use crate::error_output::{ErrorWriter, Failure};
+use crate::format::{ColumnarWriter, ConversionError, FormatError, FORMAT_CONVERSION_FAILED};
+use crate::log::{LogRecord, SequenceNumber, ShardId};
+use crate::pipeline::DeliverySettings;
 use crate::sink::{ObjectStore, ObjectWriter, SinkError};
 
 /// An object being filled with records `first..=last`.
 pub struct ObjectBuffer {
     pub first: SequenceNumber,
     pub last: SequenceNumber,
-    pub key: String,
-    /// Bytes written before compression.
+    /// Bytes of records taken, before conversion or compression.
     pub raw_bytes: u64,
     pub records: u64,
     opened: Instant,
-    encoder: Encoder<Box<dyn ObjectWriter>>,
+    key: String,
+    body: Body,
+    rejected: Option<Rejected>,
+    settings: Arc<DeliverySettings>,
+    store: Arc<dyn ObjectStore>,
+    shard: ShardId,
+}
+
+enum Body {
+    Raw(Encoder<Box<dyn ObjectWriter>>),
+    Columnar {
+        writer: ColumnarWriter<ErrorTap>,
+        /// The store's error behind a failed write, which the format writers wrap in their own.
+        store_error: Arc<Mutex<Option<io::Error>>>,
+        rows: u64,
+    },
+}
+
+/// The error object of records that failed conversion.
+struct Rejected {
+    key: String,
+    writer: ErrorWriter,
 }
 
 impl ObjectBuffer {
     /// Starts an object under `key` whose first record is `first`.
     pub fn open(
-        store: &dyn ObjectStore,
+        settings: Arc<DeliverySettings>,
+        store: Arc<dyn ObjectStore>,
+        shard: ShardId,
         key: String,
-        compression: Compression,
-        level: Option<u32>,
         first: &LogRecord,
     ) -> Result<ObjectBuffer, SinkError> {
         let writer = store.create(&key)?;
-        // A ZIP's one entry is named like the object, without directories or the `.zip`.
-        let entry = key.rsplit('/').next().unwrap_or(&key);
-        let entry = entry.strip_suffix(".zip").unwrap_or(entry);
-        let encoder = compression
-            .encoder(writer, entry, level)
-            .map_err(|source| SinkError::Io {
-                op: "start compressor for",
-                key: key.clone(),
-                source,
-            })?;
+        let body = match &settings.conversion {
+            Some(conversion) => {
+                let store_error = Arc::new(Mutex::new(None));
+                let tap = ErrorTap {
+                    inner: writer,
+                    error: Arc::clone(&store_error),
+                };
+                let writer = ColumnarWriter::new(tap, conversion)
+                    .map_err(|e| format_error(&key, &store_error, e))?;
+                Body::Columnar {
+                    writer,
+                    store_error,
+                    rows: 0,
+                }
+            }
+            None => {
+                // A ZIP's one entry is named like the object, without directories or the `.zip`.
+                let entry = key.rsplit('/').next().unwrap_or(&key);
+                let entry = entry.strip_suffix(".zip").unwrap_or(entry);
+                let encoder = settings
+                    .compression
+                    .encoder(writer, entry, settings.compression_level)
+                    .map_err(|source| SinkError::Io {
+                        op: "start compressor for",
+                        key: key.clone(),
+                        source,
+                    })?;
+                Body::Raw(encoder)
+            }
+        };
         Ok(ObjectBuffer {
             first: first.sequence,
             last: first.sequence,
-            key,
             raw_bytes: 0,
             records: 0,
             opened: Instant::now(),
-            encoder,
+            key,
+            body,
+            rejected: None,
+            settings,
+            store,
+            shard,
         })
     }
 
-    /// Appends a record's data, followed by `delimiter`.
-    pub fn push(&mut self, record: &LogRecord, delimiter: &[u8]) -> Result<(), SinkError> {
-        let io = |source| SinkError::from_io("write", &self.key, source);
-        self.encoder.write_all(&record.data).map_err(io)?;
-        if !delimiter.is_empty() {
-            self.encoder.write_all(delimiter).map_err(io)?;
+    /// Appends a record: its data and the delimiter, or its rows when converting (a record that
+    /// does not fit the schema goes to this object's error object instead).
+    pub fn push(&mut self, record: &LogRecord) -> Result<(), SinkError> {
+        let settings = Arc::clone(&self.settings);
+        let delimiter = &settings.delimiter;
+        let mut failed = None;
+        match &mut self.body {
+            Body::Raw(encoder) => {
+                let io = |source| SinkError::from_io("write", &self.key, source);
+                encoder.write_all(&record.data).map_err(io)?;
+                if !delimiter.is_empty() {
+                    encoder.write_all(delimiter).map_err(io)?;
+                }
+            }
+            Body::Columnar {
+                writer,
+                store_error,
+                rows,
+            } => {
+                let conversion = settings.conversion.as_ref().expect("columnar body");
+                match conversion.rows(&record.data) {
+                    Ok(converted) => {
+                        for row in &converted {
+                            writer
+                                .push(row)
+                                .map_err(|e| format_error(&self.key, store_error, e))?;
+                        }
+                        *rows += converted.len() as u64;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.reject(record, &e)?;
         }
         self.last = record.sequence;
         self.raw_bytes += (record.data.len() + delimiter.len()) as u64;
         self.records += 1;
         Ok(())
+    }
+
+    fn reject(&mut self, record: &LogRecord, error: &ConversionError) -> Result<(), SinkError> {
+        let failure = Failure {
+            output_type: FORMAT_CONVERSION_FAILED,
+            code: if error.path == "$" {
+                "DataFormatConversion.MalformedData".into()
+            } else {
+                "DataFormatConversion.SchemaMismatch".into()
+            },
+            message: error.to_string(),
+            attempts: 1,
+        };
+        if self.rejected.is_none() {
+            let key = self.settings.errors.key(&failure, self.shard, record);
+            let writer = self.settings.errors.create(&*self.store, &key)?;
+            self.rejected = Some(Rejected { key, writer });
+        }
+        let rejected = self.rejected.as_mut().expect("just set");
+        rejected.writer.push(record, &failure)
     }
 
     /// Whether the size hint is reached.
@@ -78,13 +181,103 @@ impl ObjectBuffer {
         hints.interval().saturating_sub(self.opened.elapsed())
     }
 
-    /// Finishes compression and commits the object.
-    pub fn commit(self) -> Result<(), SinkError> {
+    /// Finishes compression or the columnar file: the object(s) are complete, but not yet visible.
+    pub fn finish(self) -> Result<FinishedObject, SinkError> {
         let key = self.key;
-        let writer = self
-            .encoder
-            .finish()
-            .map_err(|source| SinkError::from_io("finish compression of", &key, source))?;
-        writer.commit()
+        let mut objects = Vec::with_capacity(2);
+        match self.body {
+            Body::Raw(encoder) => {
+                let writer = encoder
+                    .finish()
+                    .map_err(|source| SinkError::from_io("finish compression of", &key, source))?;
+                objects.push((key, writer));
+            }
+            // Every record failed conversion: there is no data object, only the error object.
+            Body::Columnar { rows: 0, .. } => {}
+            Body::Columnar {
+                writer,
+                store_error,
+                ..
+            } => {
+                let tap = writer
+                    .finish()
+                    .map_err(|e| format_error(&key, &store_error, e))?;
+                objects.push((key, tap.inner));
+            }
+        }
+        if let Some(r) = self.rejected {
+            objects.push((r.key, r.writer.into_inner()));
+        }
+        Ok(FinishedObject {
+            first: self.first,
+            last: self.last,
+            records: self.records,
+            raw_bytes: self.raw_bytes,
+            objects,
+        })
+    }
+}
+
+/// A finished run of records: its object, and with conversion its error object, ready to commit.
+pub struct FinishedObject {
+    pub first: SequenceNumber,
+    pub last: SequenceNumber,
+    pub records: u64,
+    pub raw_bytes: u64,
+    objects: Vec<(String, Box<dyn ObjectWriter>)>,
+}
+
+impl FinishedObject {
+    /// The keys the objects will have, data object first.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Makes every object durable and visible, in order.
+    pub fn commit(self) -> Result<(), SinkError> {
+        for (_, writer) in self.objects {
+            writer.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// Passes writes to the object, keeping the store's error when one fails (the format writers report
+/// it wrapped in their own error type, which would lose whether it is permanent).
+struct ErrorTap {
+    inner: Box<dyn ObjectWriter>,
+    error: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl Write for ErrorTap {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.keep(e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl ErrorTap {
+    fn keep(&self, e: io::Error) -> io::Error {
+        let copy = io::Error::new(e.kind(), e.to_string());
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+        copy
+    }
+}
+
+/// The store's error behind `e` if there is one, else `e` as an encoding failure (retried).
+fn format_error(key: &str, store_error: &Mutex<Option<io::Error>>, e: FormatError) -> SinkError {
+    match store_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        Some(io) => SinkError::from_io("write", key, io),
+        None => SinkError::Io {
+            op: "encode",
+            key: key.to_string(),
+            source: io::Error::other(e),
+        },
     }
 }

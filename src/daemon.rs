@@ -167,7 +167,7 @@ async fn destination(
         } else {
             Vec::new()
         },
-        hints: s3.buffering,
+        hints: s3.hints(),
         compression: s3.compression,
         compression_level: s3
             .compression
@@ -182,17 +182,25 @@ async fn destination(
             version: 1,
             instance: instance.to_string(),
         },
+        conversion: s3
+            .conversion()
+            .map(|fc| fc.settings())
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     });
     let compression = s3.compression.firehose_name();
-    let description = serde_json::json!({
+    let mut description = serde_json::json!({
         "RoleARN": "arn:aws:iam::000000000000:role/spillway",
         "BucketARN": bucket_arn,
         "Prefix": s3.prefix.as_configured(),
-        "BufferingHints": {"SizeInMBs": s3.buffering.size_mib, "IntervalInSeconds": s3.buffering.interval_s},
+        "BufferingHints": {"SizeInMBs": s3.hints().size_mib, "IntervalInSeconds": s3.hints().interval_s},
         "CompressionFormat": compression,
         "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
         "S3BackupMode": "Disabled",
     });
+    if let Some(fc) = &s3.format_conversion {
+        description["DataFormatConversionConfiguration"] = fc.describe();
+    }
     Ok((settings, store, description))
 }
 

@@ -3,13 +3,16 @@
 //!
 //! One document per record, one JSON object per line: `attemptsMade`, `arrivalTimestamp`,
 //! `errorCode`, `errorMessage`, `attemptEndingTimestamp`, `rawData` (base64), as Firehose writes
-//! them. Error objects are named like data objects, under the error prefix, with an id derived from
+//! them. `format-conversion-failed` documents follow Firehose's schema for that type: `ErrorCode` /
+//! `ErrorMessage` capitalised, plus `sequenceNumber`, `subSequenceNumber` and `dataCatalogTable`
+//! (all of whose fields are null: the schema comes from the configuration, not a Glue catalog). Error objects are named like data objects, under the error prefix, with an id derived from
 //! the records they hold, so they are exactly-once too.
 
 use std::io::Write;
 
 use serde::Serialize;
 
+use crate::format::FORMAT_CONVERSION_FAILED;
 use crate::log::{now_ms, LogRecord, ShardId};
 use crate::prefix::{self, PrefixTemplate};
 use crate::sink::{ObjectStore, ObjectWriter, SinkError};
@@ -39,6 +42,34 @@ struct ErrorDocument<'a> {
     error_message: &'a str,
     attempt_ending_timestamp: i64,
     raw_data: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConversionErrorDocument<'a> {
+    attempts_made: u32,
+    arrival_timestamp: i64,
+    #[serde(rename = "ErrorCode")]
+    error_code: &'a str,
+    #[serde(rename = "ErrorMessage")]
+    error_message: &'a str,
+    attempt_ending_timestamp: i64,
+    raw_data: String,
+    sequence_number: String,
+    sub_sequence_number: u64,
+    data_catalog_table: DataCatalogTable,
+}
+
+/// Firehose's Glue table reference; Spillway's schemas are not in a catalog, so every field is null.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DataCatalogTable {
+    catalog_id: Option<String>,
+    database_name: Option<String>,
+    table_name: Option<String>,
+    region: Option<String>,
+    version_id: Option<String>,
+    catalog_arn: Option<String>,
 }
 
 /// Names and writes error objects for one delivery stream.
@@ -90,16 +121,37 @@ pub struct ErrorWriter {
 impl ErrorWriter {
     /// Appends the error document of one record.
     pub fn push(&mut self, record: &LogRecord, failure: &Failure) -> Result<(), SinkError> {
-        let doc = ErrorDocument {
-            attempts_made: failure.attempts,
-            arrival_timestamp: record.arrival_ms,
-            error_code: &failure.code,
-            error_message: &failure.message,
-            attempt_ending_timestamp: now_ms(),
-            raw_data: base64_simd::STANDARD.encode_to_string(&record.data),
-        };
         self.line.clear();
-        serde_json::to_writer(&mut self.line, &doc).expect("an error document serializes");
+        let raw_data = base64_simd::STANDARD.encode_to_string(&record.data);
+        let written = if failure.output_type == FORMAT_CONVERSION_FAILED {
+            serde_json::to_writer(
+                &mut self.line,
+                &ConversionErrorDocument {
+                    attempts_made: failure.attempts,
+                    arrival_timestamp: record.arrival_ms,
+                    error_code: &failure.code,
+                    error_message: &failure.message,
+                    attempt_ending_timestamp: now_ms(),
+                    raw_data,
+                    sequence_number: record.sequence.0.to_string(),
+                    sub_sequence_number: 0,
+                    data_catalog_table: DataCatalogTable::default(),
+                },
+            )
+        } else {
+            serde_json::to_writer(
+                &mut self.line,
+                &ErrorDocument {
+                    attempts_made: failure.attempts,
+                    arrival_timestamp: record.arrival_ms,
+                    error_code: &failure.code,
+                    error_message: &failure.message,
+                    attempt_ending_timestamp: now_ms(),
+                    raw_data,
+                },
+            )
+        };
+        written.expect("an error document serializes");
         self.line.push(b'\n');
         self.out
             .write_all(&self.line)
@@ -109,5 +161,10 @@ impl ErrorWriter {
     /// Makes the error object durable and visible.
     pub fn commit(self) -> Result<(), SinkError> {
         self.out.commit()
+    }
+
+    /// The object writer, to commit later along with others.
+    pub fn into_inner(self) -> Box<dyn ObjectWriter> {
+        self.out
     }
 }

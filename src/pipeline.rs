@@ -15,6 +15,7 @@ use crate::buffer::ObjectBuffer;
 use crate::compression::Compression;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorOutput, Failure, S3_FAILED};
+use crate::format::FormatConversion;
 use crate::log::SequenceNumber;
 use crate::log::{
     Checkpoint, CheckpointStore, InFlightObject, LogError, LogRecord, ShardLog, StartingPosition,
@@ -45,6 +46,8 @@ pub struct DeliverySettings {
     pub prefix: PrefixTemplate,
     /// Where permanently rejected records go.
     pub errors: ErrorOutput,
+    /// JSON → Parquet / ORC conversion, if on (then `compression` is none).
+    pub conversion: Option<FormatConversion>,
 }
 
 /// Errors that interrupt delivery; the pipeline backs off and replays from its checkpoint.
@@ -183,7 +186,7 @@ impl Pipeline {
                     Some(obj) => obj,
                     None => open.insert(self.open_object(record)?),
                 };
-                if let Err(e) = obj.push(record, &settings.delimiter) {
+                if let Err(e) = obj.push(record) {
                     if !e.is_permanent() {
                         return Err(e.into());
                     }
@@ -217,15 +220,25 @@ impl Pipeline {
         let s = &*self.settings;
         let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
         let id = prefix::object_id(&s.instance, &s.name, self.shard.id().0, first.sequence.0);
+        let extension = match &s.conversion {
+            Some(c) => c.output.extension(),
+            None => s.compression.extension(),
+        };
         let key = prefix::object_key(
             &s.prefix.render(&at, &id),
             &s.name,
             s.version,
             &at,
             &id,
-            s.compression.extension(),
+            extension,
         );
-        ObjectBuffer::open(&*self.store, key, s.compression, s.compression_level, first)
+        ObjectBuffer::open(
+            Arc::clone(&self.settings),
+            Arc::clone(&self.store),
+            self.shard.id(),
+            key,
+            first,
+        )
     }
 
     /// Commits `obj` under the exactly-once protocol described in the module docs.
@@ -234,14 +247,15 @@ impl Pipeline {
         obj: ObjectBuffer,
         boundary: &mut Option<InFlightObject>,
     ) -> Result<(), PipelineError> {
+        let done = obj.finish()?;
         let intent = InFlightObject {
-            first: obj.first.0,
-            last: obj.last.0,
-            key: obj.key.clone(),
+            first: done.first.0,
+            last: done.last.0,
+            keys: done.keys(),
         };
         self.record_intent(&intent, boundary)?;
-        let (records, raw) = (obj.records, obj.raw_bytes);
-        match obj.commit() {
+        let (records, raw) = (done.records, done.raw_bytes);
+        match done.commit() {
             Ok(()) => {}
             Err(e) if e.is_permanent() => {
                 *boundary = Some(intent.clone());
@@ -250,14 +264,14 @@ impl Pipeline {
             Err(e) => return Err(e.into()),
         }
         self.advance(intent.last + 1)?;
-        tracing::debug!(stream = %self.settings.name, shard = %self.shard.id(), key = %intent.key,
+        tracing::debug!(stream = %self.settings.name, shard = %self.shard.id(), keys = ?intent.keys,
             records, bytes = raw, "delivered object");
         Ok(())
     }
 
-    /// Makes `intent` the checkpoint's in-flight object, unless it already is (a replay). A
-    /// different earlier attempt (the config changed its key, or it was diverted to the error
-    /// output and now succeeds) is removed first, so exactly one of them remains.
+    /// Makes `intent` the checkpoint's in-flight object, unless it already is (a replay). Objects of
+    /// a different earlier attempt (the config changed a key, or the run was diverted to the error
+    /// output and now succeeds) are removed first, so exactly one outcome remains.
     fn record_intent(
         &self,
         intent: &InFlightObject,
@@ -267,8 +281,10 @@ impl Pipeline {
         match boundary.take() {
             Some(prev) if prev == *intent => Ok(()),
             prev => {
-                if let Some(stale) = prev.filter(|p| p.key != intent.key) {
-                    self.store.delete(&stale.key)?;
+                for stale in prev.iter().flat_map(|p| &p.keys) {
+                    if !intent.keys.contains(stale) {
+                        self.store.delete(stale)?;
+                    }
                 }
                 self.checkpoints.save(
                     s,
@@ -330,9 +346,13 @@ impl Pipeline {
         let mut batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
         let head = batch.first().ok_or_else(missing)?;
         let key = self.settings.errors.key(&failure, self.shard.id(), head);
-        let intent = InFlightObject { first, last, key };
+        let intent = InFlightObject {
+            first,
+            last,
+            keys: vec![key.clone()],
+        };
         self.record_intent(&intent, boundary)?;
-        let mut writer = self.settings.errors.create(&*self.store, &intent.key)?;
+        let mut writer = self.settings.errors.create(&*self.store, &key)?;
         let mut written = 0u64;
         loop {
             for record in batch.iter().filter(|r| r.sequence.0 <= last) {
@@ -350,7 +370,7 @@ impl Pipeline {
         writer.commit()?;
         self.advance(last + 1)?;
         tracing::error!(stream = %self.settings.name, shard = %self.shard.id(), records = written,
-            error_key = %intent.key, error = %error, "the store permanently rejected records; they are in the error output");
+            error_key = %key, error = %error, "the store permanently rejected records; they are in the error output");
         Ok(())
     }
 }
@@ -477,11 +497,23 @@ mod tests {
                 version: 1,
                 instance: "test".into(),
             },
+            conversion: None,
         })
     }
 
     /// Appends `records` to a fresh shard and runs a pipeline over them until drained.
     fn deliver(store: Arc<MemoryStore>, records: &[Vec<u8>]) -> tempfile::TempDir {
+        deliver_with(settings(), store, records, None)
+    }
+
+    /// Appends `records` to a fresh shard and runs a pipeline until it has delivered them all,
+    /// starting from `checkpoint` if given (as after a crash).
+    fn deliver_with(
+        settings: Arc<DeliverySettings>,
+        store: Arc<MemoryStore>,
+        records: &[Vec<u8>],
+        checkpoint: Option<Checkpoint>,
+    ) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let shard = ShardLog::open(
             ShardId(0),
@@ -496,8 +528,13 @@ mod tests {
         appended.durable.blocking_recv().unwrap().unwrap();
         let drain = Arc::new(AtomicBool::new(true));
         let checkpoints = CheckpointStore::new(dir.path().join("ck"));
+        if let Some(ck) = checkpoint {
+            checkpoints
+                .save("events", "events", ShardId(0), &ck)
+                .unwrap();
+        }
         Pipeline::new(
-            settings(),
+            settings,
             Arc::clone(&shard),
             store,
             checkpoints.clone(),
@@ -573,6 +610,128 @@ mod tests {
                 .iter()
                 .flat_map(|r| [r.as_slice(), b"\n"].concat())
                 .collect::<Vec<u8>>()
+        );
+    }
+
+    fn converting(output: crate::format::OutputFormat) -> Arc<DeliverySettings> {
+        let mut s = (*settings()).clone();
+        s.conversion = Some(FormatConversion {
+            schema: crate::format::TableSchema::from_columns([("id", "int"), ("name", "string")])
+                .unwrap(),
+            deserializer: crate::format::Deserializer::default(),
+            output,
+        });
+        Arc::new(s)
+    }
+
+    /// Every third record does not fit the schema: the good rows form one columnar object, the bad
+    /// records one `format-conversion-failed` error object; a stale key of an earlier attempt at the
+    /// same records is removed.
+    #[test]
+    fn conversion_splits_good_rows_from_bad_records() {
+        use crate::format::{OrcOptions, OutputFormat, ParquetOptions};
+        for output in [
+            OutputFormat::Parquet(ParquetOptions::default()),
+            OutputFormat::Orc(OrcOptions::default()),
+        ] {
+            let store = Arc::new(MemoryStore::default());
+            store
+                .objects
+                .lock()
+                .unwrap()
+                .insert("data/stale".into(), b"old".to_vec());
+            let records: Vec<Vec<u8>> = (0..30)
+                .map(|i| match i % 3 {
+                    2 => format!(r#"{{"id":"x{i}"}}"#).into_bytes(),
+                    1 => format!(r#"{{"id":{i}}}{{"id":{},"name":"b"}}"#, i + 1000).into_bytes(),
+                    _ => format!(r#"{{"id":{i},"NAME":"n{i}"}}"#).into_bytes(),
+                })
+                .collect();
+            let stale = Checkpoint {
+                next: 0,
+                in_flight: Some(InFlightObject {
+                    first: 0,
+                    last: 29,
+                    keys: vec!["data/stale".into()],
+                }),
+            };
+            let _dir = deliver_with(
+                converting(output.clone()),
+                Arc::clone(&store),
+                &records,
+                Some(stale),
+            );
+            let objects = store.objects.lock().unwrap();
+            let keys: Vec<_> = objects.keys().cloned().collect();
+            assert_eq!(keys.len(), 2, "{keys:?}");
+            let data = keys
+                .iter()
+                .find(|k| k.ends_with(output.extension()))
+                .unwrap();
+            let errors = keys
+                .iter()
+                .find(|k| k.starts_with("data/format-conversion-failed/"))
+                .unwrap();
+            let rows = match output {
+                OutputFormat::Parquet(_) => {
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        bytes::Bytes::from(objects[data].clone()),
+                    )
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>()
+                }
+                OutputFormat::Orc(_) => {
+                    orc_rust::ArrowReaderBuilder::try_new(bytes::Bytes::from(objects[data].clone()))
+                        .unwrap()
+                        .build()
+                        .map(|b| b.unwrap().num_rows())
+                        .sum::<usize>()
+                }
+            };
+            assert_eq!(rows, 10 + 2 * 10, "one row per good object");
+            let docs: Vec<serde_json::Value> = objects[errors]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect();
+            assert_eq!(docs.len(), 10);
+            for (n, doc) in docs.iter().enumerate() {
+                let i = n * 3 + 2;
+                assert_eq!(doc["ErrorCode"], "DataFormatConversion.SchemaMismatch");
+                assert!(
+                    doc["ErrorMessage"].as_str().unwrap().starts_with("id:"),
+                    "{doc}"
+                );
+                assert_eq!(doc["sequenceNumber"], i.to_string());
+                assert_eq!(doc["subSequenceNumber"], 0);
+                assert!(doc["dataCatalogTable"].is_object());
+                let raw = base64_simd::STANDARD
+                    .decode_to_vec(doc["rawData"].as_str().unwrap())
+                    .unwrap();
+                assert_eq!(raw, records[i]);
+            }
+        }
+    }
+
+    /// When every record fails conversion there is no data object, only the error object.
+    #[test]
+    fn conversion_of_only_bad_records_writes_only_errors() {
+        let store = Arc::new(MemoryStore::default());
+        let records = vec![b"not json".to_vec(), b"[1]".to_vec(), Vec::new()];
+        let output = crate::format::OutputFormat::Parquet(Default::default());
+        let _dir = deliver_with(converting(output), Arc::clone(&store), &records, None);
+        let objects = store.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1);
+        let (key, body) = objects.iter().next().unwrap();
+        assert!(key.starts_with("data/format-conversion-failed/"), "{key}");
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(
+            text.contains("DataFormatConversion.MalformedData"),
+            "{text}"
         );
     }
 }

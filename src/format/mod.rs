@@ -1,14 +1,165 @@
 //! Record format conversion: JSON records to columnar files (Parquet, ORC) with a table schema,
 //! Firehose's `DataFormatConversionConfiguration`.
 //!
-//! Built so far: the schema ([`schema`]): Glue / Hive column types, parsed and mapped to Arrow; and
-//! the timestamp forms the OpenX and Hive JSON SerDes read ([`timestamp`]); and the deserializers
-//! that turn a JSON record into typed cells, one per column ([`deserializer`]).
-//! The deserializers (OpenX / Hive JSON SerDe) and the Parquet and ORC serializers build on it; until
-//! they exist, `format_conversion` is not accepted in the configuration.
+//! The path of a record: its bytes are read as concatenated JSON objects ([`FormatConversion::rows`]);
+//! the deserializer ([`deserializer`]) turns each object into one typed cell per schema column
+//! ([`schema`], [`timestamp`]); rows gather into Arrow batches ([`columnar`]) that the Parquet
+//! ([`parquet`]) or ORC ([`orc`]) writer encodes into row groups / stripes, flushed into the object as
+//! they fill. A record that does not fit is a [`ConversionError`]; the pipeline sends it to the
+//! `format-conversion-failed` error output and keeps the rest.
 
 pub mod columnar;
 pub mod deserializer;
+pub mod orc;
 pub mod parquet;
 pub mod schema;
 pub mod timestamp;
+
+use std::io::Write;
+
+pub use deserializer::{Cell, ConversionError, Deserializer};
+pub use orc::{OrcCompression, OrcOptions};
+pub use parquet::{ParquetCompression, ParquetOptions};
+pub use schema::TableSchema;
+
+use orc::OrcFileWriter;
+use parquet::ParquetFileWriter;
+
+/// Error output type of records that do not fit the schema (Firehose's).
+pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
+
+/// The columnar file format written, with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputFormat {
+    Parquet(ParquetOptions),
+    Orc(OrcOptions),
+}
+
+impl OutputFormat {
+    /// The object name extension, as Firehose names converted objects.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            OutputFormat::Parquet(_) => ".parquet",
+            OutputFormat::Orc(_) => ".orc",
+        }
+    }
+}
+
+/// A delivery stream's format conversion: schema, deserializer and output format.
+#[derive(Debug, Clone)]
+pub struct FormatConversion {
+    pub schema: TableSchema,
+    pub deserializer: Deserializer,
+    pub output: OutputFormat,
+}
+
+impl FormatConversion {
+    /// Converts one record: one row per JSON object in it (Firehose accepts concatenated JSON, and
+    /// JSON lines). All or nothing: if any object does not fit, or the record holds no object or
+    /// something that is not JSON, the whole record is rejected.
+    pub fn rows(&self, data: &[u8]) -> Result<Vec<Vec<Cell>>, ConversionError> {
+        let mut rows = Vec::with_capacity(1);
+        let mut values =
+            serde_json::Deserializer::from_slice(data).into_iter::<serde_json::Value>();
+        for value in values.by_ref() {
+            let value = value.map_err(|e| ConversionError {
+                path: "$".into(),
+                reason: format!("the record is not valid JSON: {e}"),
+            })?;
+            rows.push(self.deserializer.row(&value, &self.schema)?);
+        }
+        if rows.is_empty() {
+            return Err(ConversionError {
+                path: "$".into(),
+                reason: "the record holds no JSON object".into(),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// Why a columnar file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    #[error("orc: {0}")]
+    Orc(#[from] orc_rust::error::OrcError),
+}
+
+/// A Parquet or ORC file being written into `W`.
+pub enum ColumnarWriter<W: Write + Send> {
+    Parquet(ParquetFileWriter<W>),
+    Orc(OrcFileWriter<W>),
+}
+
+impl<W: Write + Send> ColumnarWriter<W> {
+    /// Starts a file in `conversion`'s format (the file's header is written to `out`).
+    pub fn new(out: W, conversion: &FormatConversion) -> Result<Self, FormatError> {
+        Ok(match &conversion.output {
+            OutputFormat::Parquet(o) => {
+                ColumnarWriter::Parquet(ParquetFileWriter::new(out, &conversion.schema, o)?)
+            }
+            OutputFormat::Orc(o) => {
+                ColumnarWriter::Orc(OrcFileWriter::new(out, &conversion.schema, o)?)
+            }
+        })
+    }
+
+    /// Appends one row made by [`FormatConversion::rows`].
+    pub fn push(&mut self, row: &[Cell]) -> Result<(), FormatError> {
+        match self {
+            ColumnarWriter::Parquet(w) => w.push(row)?,
+            ColumnarWriter::Orc(w) => w.push(row)?,
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and the file's footer; returns the output.
+    pub fn finish(self) -> Result<W, FormatError> {
+        Ok(match self {
+            ColumnarWriter::Parquet(w) => w.finish()?,
+            ColumnarWriter::Orc(w) => w.finish()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversion() -> FormatConversion {
+        FormatConversion {
+            schema: TableSchema::from_columns([("a", "int"), ("b", "string")]).unwrap(),
+            deserializer: Deserializer::default(),
+            output: OutputFormat::Parquet(ParquetOptions::default()),
+        }
+    }
+
+    #[test]
+    fn concatenated_json_and_json_lines_give_one_row_per_object() {
+        let c = conversion();
+        assert_eq!(c.rows(br#"{"a":1}{"a":2,"b":"x"}"#).unwrap().len(), 2);
+        assert_eq!(c.rows(b"{\"a\":1}\n{\"a\":2}\n").unwrap().len(), 2);
+        assert_eq!(
+            c.rows(br#" {"A":3} "#).unwrap(),
+            vec![vec![Cell::Int(3), Cell::Null]]
+        );
+    }
+
+    #[test]
+    fn bad_records_are_rejected_whole() {
+        let c = conversion();
+        for (bad, why) in [
+            (&b""[..], "no JSON object"),
+            (b"  \n", "no JSON object"),
+            (b"[{\"a\":1}]", "JSON object"),
+            (b"{\"a\":1}{\"a\":\"x\"}", "a"),
+            (b"{\"a\":1} trailing", "not valid JSON"),
+            (b"{\"a\":", "not valid JSON"),
+        ] {
+            let err = c.rows(bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+        }
+    }
+}

@@ -161,22 +161,35 @@ impl TableSchema {
     pub fn from_columns<'a>(
         columns: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<TableSchema, String> {
-        let mut out: Vec<Column> = Vec::new();
-        for (name, ty) in columns {
-            check_name(name)?;
-            if out.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
-                return Err(format!("column {name:?} is defined twice"));
+        let columns = columns
+            .into_iter()
+            .map(|(name, ty)| {
+                let ty = ColumnType::parse(ty).map_err(|e| format!("column {name:?}: {e}"))?;
+                Ok(Column {
+                    name: name.to_string(),
+                    ty,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        TableSchema::new(columns)
+    }
+
+    /// A schema of `columns`; names must be valid and unique (case-insensitively), and there must
+    /// be at least one.
+    pub fn new(columns: Vec<Column>) -> Result<TableSchema, String> {
+        for (i, c) in columns.iter().enumerate() {
+            check_name(&c.name)?;
+            if columns[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&c.name))
+            {
+                return Err(format!("column {:?} is defined twice", c.name));
             }
-            let ty = ColumnType::parse(ty).map_err(|e| format!("column {name:?}: {e}"))?;
-            out.push(Column {
-                name: name.to_string(),
-                ty,
-            });
         }
-        if out.is_empty() {
+        if columns.is_empty() {
             return Err("a schema needs at least one column".into());
         }
-        Ok(TableSchema { columns: out })
+        Ok(TableSchema { columns })
     }
 
     /// The Arrow schema of the output files.
@@ -192,7 +205,7 @@ impl TableSchema {
 
 /// Column and field names: letters, digits and underscores, 1 to 255 bytes (Glue's rule, which
 /// also keeps them valid in Parquet, ORC and SQL engines without quoting).
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 255 {
         return Err(format!("column name {name:?} must be 1 to 255 characters"));
     }

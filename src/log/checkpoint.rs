@@ -17,8 +17,23 @@ pub struct InFlightObject {
     /// First and last sequence number in the object, inclusive.
     pub first: u64,
     pub last: u64,
-    /// The key it is being written under.
-    pub key: String,
+    /// The keys it is being written under: the object, and the error object of records that
+    /// failed conversion when there is one (an old checkpoint's single `key` reads as one key).
+    #[serde(alias = "key", deserialize_with = "one_or_many")]
+    pub keys: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Keys {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Keys::deserialize(d)? {
+        Keys::One(k) => vec![k],
+        Keys::Many(k) => k,
+    })
 }
 
 /// A consumer's durable position in one shard.
@@ -117,12 +132,27 @@ mod tests {
             in_flight: Some(InFlightObject {
                 first: 42,
                 last: 99,
-                key: "a/b".into(),
+                keys: vec!["a/b".into(), "errors/c".into()],
             }),
         };
         store.save("c", "s", ShardId(0), &ck).unwrap();
         assert_eq!(store.load("c", "s", ShardId(0)).unwrap(), Some(ck));
         assert_eq!(store.load("other", "s", ShardId(0)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_checkpoint_with_one_key_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        let path = store.path("c", "s", ShardId(0));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            br#"{"next":5,"in_flight":{"first":5,"last":9,"key":"a/b"}}"#,
+        )
+        .unwrap();
+        let ck = store.load("c", "s", ShardId(0)).unwrap().unwrap();
+        assert_eq!(ck.in_flight.unwrap().keys, vec!["a/b".to_string()]);
     }
 
     #[test]

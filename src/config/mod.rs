@@ -16,6 +16,11 @@ use serde::Deserialize;
 use crate::compression::Compression;
 use crate::prefix::PrefixTemplate;
 
+mod format_conversion;
+pub use format_conversion::{
+    DeserializerConfig, FormatConversionConfig, OrcConfig, OutputKind, ParquetConfig, SchemaConfig,
+};
+
 /// A configuration error, already formatted as `file:line:column: field: problem`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -255,8 +260,10 @@ pub struct S3Destination {
     /// Key prefix; `!{timestamp:yyyy/MM/dd/HH/}` is appended when it has no timestamp expression.
     #[serde(default)]
     pub prefix: PrefixTemplate,
+    /// Size and interval hints; the size defaults to 5 MiB, or 128 MiB with format conversion.
     #[serde(default)]
-    pub buffering: BufferingHints,
+    pub buffering: BufferingConfig,
+    /// Compression of whole objects; must be `none` with format conversion, whose writers compress.
     #[serde(default)]
     pub compression: Compression,
     /// gzip and zip 1–9 (default 6), zstd 1–19 (default 3): lower is faster, higher is smaller.
@@ -293,6 +300,9 @@ pub struct S3Destination {
     /// `<prefix><error-output-type>/yyyy/MM/dd/HH/`; required when `prefix` has expressions.
     #[serde(default, deserialize_with = "error_prefix")]
     pub error_output_prefix: Option<PrefixTemplate>,
+    /// JSON records to Parquet or ORC with a schema (Firehose's record format conversion).
+    #[serde(default)]
+    pub format_conversion: Option<FormatConversionConfig>,
 }
 
 fn error_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PrefixTemplate>, D::Error> {
@@ -313,6 +323,27 @@ fn error_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PrefixTemplate
 
 impl S3Destination {
     /// The error output prefix in force (configured, or Firehose's default).
+    /// The format conversion in effect (configured and enabled).
+    pub fn conversion(&self) -> Option<&FormatConversionConfig> {
+        self.format_conversion.as_ref().filter(|f| f.enabled)
+    }
+
+    /// The buffering hints in effect.
+    pub fn hints(&self) -> BufferingHints {
+        let size_mib = self
+            .buffering
+            .size_mib
+            .unwrap_or(if self.conversion().is_some() {
+                CONVERSION_SIZE_MIB.1
+            } else {
+                default_size_mib()
+            });
+        BufferingHints {
+            size_mib,
+            interval_s: self.buffering.interval_s,
+        }
+    }
+
     pub fn error_prefix(&self) -> Option<PrefixTemplate> {
         self.error_output_prefix
             .clone()
@@ -453,18 +484,37 @@ impl<'de> Deserialize<'de> for LakeUrl {
 /// Firehose `BufferingHints`: a buffer is flushed when it holds `size_mib` (before compression) or
 /// its oldest record has waited `interval_s`, whichever comes first. `interval_s: 0` flushes as soon
 /// as records are read.
+/// Buffering hints as configured (Firehose's `BufferingHints`); see [`S3Destination::hints`].
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct BufferingHints {
-    #[serde(
-        default = "default_size_mib",
-        deserialize_with = "in_range::<_, 1, 128>"
-    )]
-    pub size_mib: u64,
+pub struct BufferingConfig {
+    #[serde(default, deserialize_with = "some_in_range::<_, 1, 128>")]
+    pub size_mib: Option<u64>,
     #[serde(
         default = "default_interval_s",
         deserialize_with = "in_range::<_, 0, 900>"
     )]
+    pub interval_s: u64,
+}
+
+impl Default for BufferingConfig {
+    fn default() -> Self {
+        BufferingConfig {
+            size_mib: None,
+            interval_s: default_interval_s(),
+        }
+    }
+}
+
+/// Firehose's buffer size with format conversion: at least 64 MiB, 128 by default, so that columnar
+/// files are large enough to be worth their footers.
+const CONVERSION_SIZE_MIB: (u64, u64) = (64, 128);
+
+/// When an object is delivered: once `size_mib` of records (before compression) or `interval_s`
+/// since its first record, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferingHints {
+    pub size_mib: u64,
     pub interval_s: u64,
 }
 
@@ -525,6 +575,12 @@ fn in_range<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
     d.deserialize_u64(Range::<MIN, MAX>)
 }
 
+fn some_in_range<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    in_range::<D, MIN, MAX>(d).map(Some)
+}
+
 fn unique_streams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DeliveryStreamConfig>, D::Error> {
     let streams = Vec::<DeliveryStreamConfig>::deserialize(d)?;
     if streams.is_empty() {
@@ -556,23 +612,14 @@ impl Config {
     pub fn parse(raw: &str, origin: &str) -> Result<Config, ConfigError> {
         let text = interpolate(raw)
             .map_err(|(line, msg)| ConfigError(format!("{origin}:{line}: {msg}")))?;
-        let de = serde_norway::Deserializer::from_str(&text);
-        // Enums are written as single-key maps (`source: { direct_put: {...} }`), not YAML tags.
-        let config: Config = serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
-            |e: serde_norway::Error| {
-                let location = e
-                    .location()
-                    .map(|l| format!("{}:{}", l.line(), l.column()))
-                    .unwrap_or_else(|| "?".into());
-                let mut msg = e.to_string();
-                // The message ends with " at line L column C"; the location is already in front.
-                if let Some(i) = msg.find(" at line ") {
-                    msg.truncate(i);
-                }
-                ConfigError(format!("{origin}:{location}: {msg}"))
-            },
-        )?;
+        let mut config: Config = parse_yaml(&text, origin)?;
         config.check_across_fields(&text, origin)?;
+        for ds in &mut config.delivery_streams {
+            let Destination::S3(s3) = &mut ds.destination;
+            if let Some(fc) = &mut s3.format_conversion {
+                fc.load_schema_file()?;
+            }
+        }
         Ok(config)
     }
 
@@ -586,6 +633,35 @@ impl Config {
                     "{origin}:{line}: delivery_streams[{i}].destination.s3.compression_level: {msg}"
                 )));
             }
+            if let Some(fc) = &s3.format_conversion {
+                let at = |field: &str, msg: String| {
+                    let line = line_of_field(text, ds.name.as_str(), &format!("{field}:"));
+                    ConfigError(format!(
+                        "{origin}:{line}: delivery_streams[{i}].destination.s3.{field}: {msg}"
+                    ))
+                };
+                if let Err((field, msg)) = fc.check() {
+                    let line = line_of_field(text, ds.name.as_str(), &format!("{field}:"));
+                    return Err(ConfigError(format!(
+                        "{origin}:{line}: delivery_streams[{i}].destination.s3.format_conversion.{field}: {msg}"
+                    )));
+                }
+                if fc.enabled && s3.compression != Compression::None {
+                    return Err(at("compression", format!(
+                        "must be none with format_conversion (the {} writer compresses; set format_conversion.{}.compression)",
+                        fc.output, fc.output
+                    )));
+                }
+                let (min, _) = CONVERSION_SIZE_MIB;
+                if fc.enabled && s3.buffering.size_mib.is_some_and(|s| s < min) {
+                    return Err(at(
+                        "buffering",
+                        format!(
+                        "size_mib must be at least {min} with format_conversion (as in Firehose)"
+                    ),
+                    ));
+                }
+            }
             if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
                 let line = line_of_field(text, ds.name.as_str(), "prefix:");
                 return Err(ConfigError(format!(
@@ -595,6 +671,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses YAML text into `T`; errors read `origin:line:column: field.path: problem`.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let de = serde_norway::Deserializer::from_str(text);
+    // Enums are written as single-key maps (`source: { direct_put: {...} }`), not YAML tags.
+    serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
+        |e: serde_norway::Error| {
+            let location = e
+                .location()
+                .map(|l| format!("{}:{}", l.line(), l.column()))
+                .unwrap_or_else(|| "?".into());
+            let mut msg = e.to_string();
+            // The message ends with " at line L column C"; the location is already in front.
+            if let Some(i) = msg.find(" at line ") {
+                msg.truncate(i);
+            }
+            ConfigError(format!("{origin}:{location}: {msg}"))
+        },
+    )
 }
 
 /// The 1-based line of the first `field` after the line naming the stream `stream` (or of the
@@ -675,7 +771,7 @@ mod tests {
         let c = Config::parse(MINIMAL, "t.yaml").unwrap();
         assert_eq!(c.listen, default_listen());
         let Destination::S3(s3) = &c.delivery_streams[0].destination;
-        assert_eq!(s3.buffering, BufferingHints::default());
+        assert_eq!(s3.hints(), BufferingHints::default());
         assert_eq!(s3.url, LakeUrl::LocalDirectory("./lake".into()));
     }
 
