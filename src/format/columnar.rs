@@ -21,6 +21,7 @@ pub struct BatchBuilder {
     schema: SchemaRef,
     columns: Vec<ColumnBuilder>,
     rows: usize,
+    bytes: usize,
 }
 
 impl BatchBuilder {
@@ -33,6 +34,7 @@ impl BatchBuilder {
                 .map(|c| ColumnBuilder::new(&c.ty))
                 .collect(),
             rows: 0,
+            bytes: 0,
         }
     }
 
@@ -48,11 +50,18 @@ impl BatchBuilder {
             builder.append(cell);
         }
         self.rows += 1;
+        self.bytes += row.iter().map(approximate_size).sum::<usize>();
     }
 
     /// Rows since the last [`BatchBuilder::finish`].
     pub fn len(&self) -> usize {
         self.rows
+    }
+
+    /// Approximate bytes of the rows since the last [`BatchBuilder::finish`] (values, not
+    /// overhead), so writers can cut batches, and with them row groups, by size.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,6 +72,7 @@ impl BatchBuilder {
     pub fn finish(&mut self) -> RecordBatch {
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         self.rows = 0;
+        self.bytes = 0;
         RecordBatch::try_new(Arc::clone(&self.schema), arrays)
             .expect("column builders follow the schema")
     }
@@ -316,6 +326,27 @@ impl ColumnBuilder {
                 let arrays = children.iter_mut().map(ColumnBuilder::finish).collect();
                 Arc::new(StructArray::new(fields.clone(), arrays, Some(nulls)))
             }
+        }
+    }
+}
+
+/// The bytes a cell adds to a batch, roughly.
+fn approximate_size(cell: &Cell) -> usize {
+    match cell {
+        Cell::Null => 1,
+        Cell::Bool(_) => 1,
+        Cell::Int(_) | Cell::Float(_) | Cell::Timestamp(_) | Cell::Date(_) => 8,
+        Cell::Decimal(_) => 16,
+        Cell::Str(s) => s.len() + 4,
+        Cell::Bytes(b) => b.len() + 4,
+        Cell::List(items) | Cell::Struct(items) => {
+            4 + items.iter().map(approximate_size).sum::<usize>()
+        }
+        Cell::Map(entries) => {
+            4 + entries
+                .iter()
+                .map(|(k, v)| approximate_size(k) + approximate_size(v))
+                .sum::<usize>()
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct OrcFileWriter<W: Write> {
     writer: orc_rust::ArrowWriter<Shared<W>>,
     out: Arc<Mutex<W>>,
     batch: BatchBuilder,
+    /// A batch is handed to the writer at [`BATCH_ROWS`] rows or this many bytes, whichever comes
+    /// first: the writer cuts row groups / stripes only between batches.
+    batch_bytes: usize,
 }
 
 impl<W: Write> OrcFileWriter<W> {
@@ -126,6 +129,7 @@ impl<W: Write> OrcFileWriter<W> {
             builder = builder.with_compression(codec);
         }
         Ok(OrcFileWriter {
+            batch_bytes: super::parquet::batch_bytes(options.stripe_bytes),
             writer: builder.try_build()?,
             out,
             batch,
@@ -135,7 +139,7 @@ impl<W: Write> OrcFileWriter<W> {
     /// Appends one converted row.
     pub fn push(&mut self, row: &[Cell]) -> Result<(), orc_rust::error::OrcError> {
         self.batch.push(row);
-        if self.batch.len() >= BATCH_ROWS {
+        if self.batch.len() >= BATCH_ROWS || self.batch.bytes() >= self.batch_bytes {
             self.write_batch()?;
         }
         Ok(())

@@ -11,8 +11,14 @@ use super::columnar::BatchBuilder;
 use super::deserializer::Cell;
 use super::schema::TableSchema;
 
-/// Rows per Arrow batch handed to the Parquet writer.
+/// Rows per Arrow batch handed to the Parquet writer, at most.
 const BATCH_ROWS: usize = 8192;
+
+/// Bytes per Arrow batch for a row group (or stripe) size: small enough that row groups end close
+/// to their size, large enough that batches amortise the writer's per-batch work.
+pub(crate) fn batch_bytes(group_bytes: usize) -> usize {
+    (group_bytes / 8).clamp(64 << 10, 4 << 20)
+}
 
 /// Parquet compression codecs (Firehose: UNCOMPRESSED, GZIP, SNAPPY; zstd added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +58,9 @@ impl Default for ParquetOptions {
 pub struct ParquetFileWriter<W: Write + Send> {
     writer: ArrowWriter<W>,
     batch: BatchBuilder,
+    /// A batch is handed to the writer at [`BATCH_ROWS`] rows or this many bytes, whichever comes
+    /// first: the writer cuts row groups / stripes only between batches.
+    batch_bytes: usize,
 }
 
 impl<W: Write + Send> ParquetFileWriter<W> {
@@ -80,13 +89,17 @@ impl<W: Write + Send> ParquetFileWriter<W> {
             .set_max_row_group_bytes(Some(options.block_bytes))
             .build();
         let writer = ArrowWriter::try_new(out, batch.schema().clone(), Some(props))?;
-        Ok(ParquetFileWriter { writer, batch })
+        Ok(ParquetFileWriter {
+            writer,
+            batch,
+            batch_bytes: batch_bytes(options.block_bytes),
+        })
     }
 
     /// Appends one converted row.
     pub fn push(&mut self, row: &[Cell]) -> parquet::errors::Result<()> {
         self.batch.push(row);
-        if self.batch.len() >= BATCH_ROWS {
+        if self.batch.len() >= BATCH_ROWS || self.batch.bytes() >= self.batch_bytes {
             self.write_batch()?;
         }
         Ok(())
