@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::compression::Encoder;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorWriter, Failure};
-use crate::format::{ColumnarWriter, ConversionError, FormatError, FORMAT_CONVERSION_FAILED};
+use crate::format::{
+    ColumnarWriter, ConversionError, FormatError, PushError, FORMAT_CONVERSION_FAILED,
+};
 use crate::log::{LogRecord, SequenceNumber, ShardId};
 use crate::pipeline::DeliverySettings;
 use crate::sink::{ObjectStore, ObjectWriter, SinkError};
@@ -127,20 +129,11 @@ impl ObjectBuffer {
                 writer,
                 store_error,
                 rows,
-            } => {
-                let conversion = settings.conversion.as_ref().expect("columnar body");
-                match conversion.rows(&record.data) {
-                    Ok(converted) => {
-                        for row in &converted {
-                            writer
-                                .push(row)
-                                .map_err(|e| format_error(&self.key, store_error, e))?;
-                        }
-                        *rows += converted.len() as u64;
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
+            } => match writer.push_record(&record.data) {
+                Ok(n) => *rows += n as u64,
+                Err(PushError::Record(e)) => failed = Some(e),
+                Err(PushError::Write(e)) => return Err(format_error(&self.key, store_error, e)),
+            },
         }
         if let Some(e) = failed {
             self.reject(record, &e)?;

@@ -307,13 +307,14 @@ pub enum OrcCodec {
 }
 
 impl FormatConversionConfig {
-    /// Reads the schema file, if the schema names one (relative paths are from the working
-    /// directory, like every path in the configuration), so that [`FormatConversionConfig::settings`]
-    /// has the columns; errors name that file's line.
-    pub(super) fn load_schema_file(&mut self) -> Result<(), ConfigError> {
-        let Some(path) = &self.schema.file else {
+    /// Reads the schema file, if the schema names one (a relative path is relative to `base`, the
+    /// configuration file's directory, so a configuration and its schemas move together), so that
+    /// [`FormatConversionConfig::settings`] has the columns; errors name that file's line.
+    pub(super) fn load_schema_file(&mut self, base: &std::path::Path) -> Result<(), ConfigError> {
+        let Some(file) = &self.schema.file else {
             return Ok(());
         };
+        let path = &base.join(file);
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError(format!(
                 "{}: cannot read the schema file: {e}",

@@ -605,11 +605,18 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let raw = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Config::parse(&raw, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new(""));
+        Config::parse_relative_to(&raw, &path.display().to_string(), base)
     }
 
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(raw: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_relative_to(raw, origin, Path::new(""))
+    }
+
+    /// Parses configuration text whose relative file references (schema files) are relative to
+    /// `base`, the configuration file's directory.
+    pub fn parse_relative_to(raw: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let text = interpolate(raw)
             .map_err(|(line, msg)| ConfigError(format!("{origin}:{line}: {msg}")))?;
         let mut config: Config = parse_yaml(&text, origin)?;
@@ -617,7 +624,7 @@ impl Config {
         for ds in &mut config.delivery_streams {
             let Destination::S3(s3) = &mut ds.destination;
             if let Some(fc) = &mut s3.format_conversion {
-                fc.load_schema_file()?;
+                fc.load_schema_file(base)?;
             }
         }
         Ok(config)

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
-    Float64Builder, Int16Builder, Int32Builder, Int64Builder, Int8Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+use arrow_array::{
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
+    Int16Array, Int32Array, Int64Array, Int8Array, ListArray, MapArray, RecordBatch, StringArray,
+    StructArray, TimestampMicrosecondArray,
 };
-use arrow_array::{ArrayRef, ListArray, MapArray, RecordBatch, StructArray};
-use arrow_buffer::{NullBuffer, OffsetBuffer};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, FieldRef, Fields, SchemaRef};
 
 use super::deserializer::Cell;
@@ -58,6 +57,21 @@ impl BatchBuilder {
         self.rows
     }
 
+    /// The column builders, for the decoder, which appends to them directly.
+    pub(crate) fn columns_mut(&mut self) -> &mut [ColumnBuilder] {
+        &mut self.columns
+    }
+
+    /// Sets the row count after the decoder appended (or cut off) rows.
+    pub(crate) fn set_len(&mut self, rows: usize) {
+        self.rows = rows;
+    }
+
+    /// Counts `n` more bytes of input towards [`BatchBuilder::bytes`].
+    pub(crate) fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+    }
+
     /// Approximate bytes of the rows since the last [`BatchBuilder::finish`] (values, not
     /// overhead), so writers can cut batches, and with them row groups, by size.
     pub fn bytes(&self) -> usize {
@@ -78,20 +92,25 @@ impl BatchBuilder {
     }
 }
 
-/// One column's builder, mirroring its type.
-enum ColumnBuilder {
-    Utf8(StringBuilder),
-    Int8(Int8Builder),
-    Int16(Int16Builder),
-    Int32(Int32Builder),
-    Int64(Int64Builder),
-    Float32(Float32Builder),
-    Float64(Float64Builder),
-    Decimal(Decimal128Builder, DataType),
-    Bool(BooleanBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-    Date(Date32Builder),
-    Binary(BinaryBuilder),
+/// A column being built. Leaves are plain vectors so that a half-decoded record can be cut off
+/// again ([`ColumnBuilder::truncate`]); nested columns keep offsets and validity and build their
+/// children the same way.
+pub(crate) enum ColumnBuilder {
+    Bool(Leaf<bool>),
+    /// Every integer width, stored as i64 and narrowed (range-checked by the decoder) at finish.
+    Int(Leaf<i64>, DataType),
+    Float32(Leaf<f32>),
+    Float64(Leaf<f64>),
+    Decimal(Leaf<i128>, DataType),
+    Timestamp(Leaf<i64>),
+    Date(Leaf<i32>),
+    /// Strings (valid UTF-8, checked by the decoder) and binary.
+    Bytes {
+        utf8: bool,
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+        valid: Vec<bool>,
+    },
     List {
         field: FieldRef,
         offsets: Vec<i32>,
@@ -113,27 +132,59 @@ enum ColumnBuilder {
     },
 }
 
+/// Values and validity of a primitive column.
+#[derive(Default)]
+pub(crate) struct Leaf<T> {
+    pub values: Vec<T>,
+    pub valid: Vec<bool>,
+}
+
+impl<T: Default + Copy> Leaf<T> {
+    pub fn push(&mut self, v: T) {
+        self.values.push(v);
+        self.valid.push(true);
+    }
+    fn push_null(&mut self) {
+        self.values.push(T::default());
+        self.valid.push(false);
+    }
+    fn truncate(&mut self, n: usize) {
+        self.values.truncate(n);
+        self.valid.truncate(n);
+    }
+    fn take(&mut self) -> (Vec<T>, Option<NullBuffer>) {
+        let valid = std::mem::take(&mut self.valid);
+        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+        (std::mem::take(&mut self.values), nulls)
+    }
+}
+
 impl ColumnBuilder {
-    fn new(ty: &ColumnType) -> ColumnBuilder {
+    pub(crate) fn new(ty: &ColumnType) -> ColumnBuilder {
         match ty {
             ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_) => {
-                ColumnBuilder::Utf8(StringBuilder::new())
+                ColumnBuilder::Bytes {
+                    utf8: true,
+                    offsets: vec![0],
+                    data: Vec::new(),
+                    valid: Vec::new(),
+                }
             }
-            ColumnType::TinyInt => ColumnBuilder::Int8(Int8Builder::new()),
-            ColumnType::SmallInt => ColumnBuilder::Int16(Int16Builder::new()),
-            ColumnType::Int => ColumnBuilder::Int32(Int32Builder::new()),
-            ColumnType::BigInt => ColumnBuilder::Int64(Int64Builder::new()),
-            ColumnType::Float => ColumnBuilder::Float32(Float32Builder::new()),
-            ColumnType::Double => ColumnBuilder::Float64(Float64Builder::new()),
-            ColumnType::Decimal { .. } => {
-                ColumnBuilder::Decimal(Decimal128Builder::new(), ty.to_arrow())
+            ColumnType::Binary => ColumnBuilder::Bytes {
+                utf8: false,
+                offsets: vec![0],
+                data: Vec::new(),
+                valid: Vec::new(),
+            },
+            ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => {
+                ColumnBuilder::Int(Leaf::default(), ty.to_arrow())
             }
-            ColumnType::Boolean => ColumnBuilder::Bool(BooleanBuilder::new()),
-            ColumnType::Timestamp => {
-                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
-            }
-            ColumnType::Date => ColumnBuilder::Date(Date32Builder::new()),
-            ColumnType::Binary => ColumnBuilder::Binary(BinaryBuilder::new()),
+            ColumnType::Float => ColumnBuilder::Float32(Leaf::default()),
+            ColumnType::Double => ColumnBuilder::Float64(Leaf::default()),
+            ColumnType::Decimal { .. } => ColumnBuilder::Decimal(Leaf::default(), ty.to_arrow()),
+            ColumnType::Boolean => ColumnBuilder::Bool(Leaf::default()),
+            ColumnType::Timestamp => ColumnBuilder::Timestamp(Leaf::default()),
+            ColumnType::Date => ColumnBuilder::Date(Leaf::default()),
             ColumnType::Array(item) => {
                 let DataType::List(field) = ty.to_arrow() else {
                     unreachable!("arrays map to lists")
@@ -174,22 +225,107 @@ impl ColumnBuilder {
         }
     }
 
+    /// Rows (or list items) in the column.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ColumnBuilder::Bool(l) => l.valid.len(),
+            ColumnBuilder::Int(l, _) | ColumnBuilder::Timestamp(l) => l.valid.len(),
+            ColumnBuilder::Float32(l) => l.valid.len(),
+            ColumnBuilder::Float64(l) => l.valid.len(),
+            ColumnBuilder::Decimal(l, _) => l.valid.len(),
+            ColumnBuilder::Date(l) => l.valid.len(),
+            ColumnBuilder::Bytes { valid, .. }
+            | ColumnBuilder::List { valid, .. }
+            | ColumnBuilder::Map { valid, .. }
+            | ColumnBuilder::Struct { valid, .. } => valid.len(),
+        }
+    }
+
+    /// Cuts the column back to its first `n` rows (and nested columns to those rows' items).
+    pub(crate) fn truncate(&mut self, n: usize) {
+        match self {
+            ColumnBuilder::Bool(l) => l.truncate(n),
+            ColumnBuilder::Int(l, _) | ColumnBuilder::Timestamp(l) => l.truncate(n),
+            ColumnBuilder::Float32(l) => l.truncate(n),
+            ColumnBuilder::Float64(l) => l.truncate(n),
+            ColumnBuilder::Decimal(l, _) => l.truncate(n),
+            ColumnBuilder::Date(l) => l.truncate(n),
+            ColumnBuilder::Bytes {
+                offsets,
+                data,
+                valid,
+                ..
+            } => {
+                // Also when `n` is the row count: items of a row cut off mid-way go too.
+                valid.truncate(n);
+                offsets.truncate(n + 1);
+                data.truncate(offsets[n] as usize);
+            }
+            ColumnBuilder::List {
+                offsets,
+                valid,
+                child,
+                ..
+            } => {
+                // Also when `n` is the row count: items of a row cut off mid-way go too.
+                valid.truncate(n);
+                offsets.truncate(n + 1);
+                child.truncate(offsets[n] as usize);
+            }
+            ColumnBuilder::Map {
+                offsets,
+                valid,
+                keys,
+                values,
+                ..
+            } => {
+                // Also when `n` is the row count: items of a row cut off mid-way go too.
+                valid.truncate(n);
+                offsets.truncate(n + 1);
+                keys.truncate(offsets[n] as usize);
+                values.truncate(offsets[n] as usize);
+            }
+            ColumnBuilder::Struct {
+                valid, children, ..
+            } => {
+                valid.truncate(n);
+                for c in children {
+                    c.truncate(n);
+                }
+            }
+        }
+    }
+
+    /// Appends bytes (a string's UTF-8, checked by the caller, or binary) as one value.
+    pub(crate) fn push_bytes(&mut self, v: &[u8]) {
+        if let ColumnBuilder::Bytes {
+            offsets,
+            data,
+            valid,
+            ..
+        } = self
+        {
+            data.extend_from_slice(v);
+            offsets.push(data.len() as i32);
+            valid.push(true);
+        }
+    }
+
     /// Appends a cell; a cell of another shape than the column (which the deserializer never
     /// produces) is stored as null.
-    fn append(&mut self, cell: &Cell) {
-        match (self, cell) {
-            (ColumnBuilder::Utf8(b), Cell::Str(s)) => b.append_value(s),
-            (ColumnBuilder::Int8(b), Cell::Int(i)) => b.append_value(*i as i8),
-            (ColumnBuilder::Int16(b), Cell::Int(i)) => b.append_value(*i as i16),
-            (ColumnBuilder::Int32(b), Cell::Int(i)) => b.append_value(*i as i32),
-            (ColumnBuilder::Int64(b), Cell::Int(i)) => b.append_value(*i),
-            (ColumnBuilder::Float32(b), Cell::Float(f)) => b.append_value(*f as f32),
-            (ColumnBuilder::Float64(b), Cell::Float(f)) => b.append_value(*f),
-            (ColumnBuilder::Decimal(b, _), Cell::Decimal(d)) => b.append_value(*d),
-            (ColumnBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
-            (ColumnBuilder::Timestamp(b), Cell::Timestamp(t)) => b.append_value(*t),
-            (ColumnBuilder::Date(b), Cell::Date(d)) => b.append_value(*d),
-            (ColumnBuilder::Binary(b), Cell::Bytes(v)) => b.append_value(v),
+    pub(crate) fn append(&mut self, cell: &Cell) {
+        match (&mut *self, cell) {
+            (ColumnBuilder::Bytes { utf8: true, .. }, Cell::Str(s)) => {
+                self.push_bytes(s.as_bytes())
+            }
+            (ColumnBuilder::Bytes { utf8: false, .. }, Cell::Bytes(b)) => self.push_bytes(b),
+            (ColumnBuilder::Int(l, _), Cell::Int(i)) => l.push(*i),
+            (ColumnBuilder::Float32(l), Cell::Float(f)) => l.push(*f as f32),
+            (ColumnBuilder::Float64(l), Cell::Float(f)) => l.push(*f),
+            (ColumnBuilder::Decimal(l, _), Cell::Decimal(d)) => l.push(*d),
+            (ColumnBuilder::Bool(l), Cell::Bool(v)) => l.push(*v),
+            (ColumnBuilder::Timestamp(l), Cell::Timestamp(t)) => l.push(*t),
+            (ColumnBuilder::Date(l), Cell::Date(d)) => l.push(*d),
             (
                 ColumnBuilder::List {
                     offsets,
@@ -202,7 +338,7 @@ impl ColumnBuilder {
                 for item in items {
                     child.append(item);
                 }
-                offsets.push(offsets.last().copied().unwrap_or(0) + items.len() as i32);
+                offsets.push(child.len() as i32);
                 valid.push(true);
             }
             (
@@ -219,7 +355,7 @@ impl ColumnBuilder {
                     keys.append(k);
                     values.append(v);
                 }
-                offsets.push(offsets.last().copied().unwrap_or(0) + entries.len() as i32);
+                offsets.push(keys.len() as i32);
                 valid.push(true);
             }
             (
@@ -237,20 +373,23 @@ impl ColumnBuilder {
         }
     }
 
-    fn append_null(&mut self) {
+    pub(crate) fn append_null(&mut self) {
         match self {
-            ColumnBuilder::Utf8(b) => b.append_null(),
-            ColumnBuilder::Int8(b) => b.append_null(),
-            ColumnBuilder::Int16(b) => b.append_null(),
-            ColumnBuilder::Int32(b) => b.append_null(),
-            ColumnBuilder::Int64(b) => b.append_null(),
-            ColumnBuilder::Float32(b) => b.append_null(),
-            ColumnBuilder::Float64(b) => b.append_null(),
-            ColumnBuilder::Decimal(b, _) => b.append_null(),
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Timestamp(b) => b.append_null(),
-            ColumnBuilder::Date(b) => b.append_null(),
-            ColumnBuilder::Binary(b) => b.append_null(),
+            ColumnBuilder::Bool(l) => l.push_null(),
+            ColumnBuilder::Int(l, _) | ColumnBuilder::Timestamp(l) => l.push_null(),
+            ColumnBuilder::Float32(l) => l.push_null(),
+            ColumnBuilder::Float64(l) => l.push_null(),
+            ColumnBuilder::Decimal(l, _) => l.push_null(),
+            ColumnBuilder::Date(l) => l.push_null(),
+            ColumnBuilder::Bytes {
+                offsets,
+                data,
+                valid,
+                ..
+            } => {
+                offsets.push(data.len() as i32);
+                valid.push(false);
+            }
             ColumnBuilder::List { offsets, valid, .. }
             | ColumnBuilder::Map { offsets, valid, .. } => {
                 offsets.push(offsets.last().copied().unwrap_or(0));
@@ -270,18 +409,66 @@ impl ColumnBuilder {
 
     fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int8(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int16(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal(b, ty) => Arc::new(b.finish().with_data_type(ty.clone())),
-            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date(b) => Arc::new(b.finish()),
-            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(l) => {
+                let (values, nulls) = l.take();
+                Arc::new(BooleanArray::new(BooleanBuffer::from(values), nulls))
+            }
+            ColumnBuilder::Int(l, ty) => {
+                let (values, nulls) = l.take();
+                match ty {
+                    DataType::Int8 => Arc::new(Int8Array::new(
+                        values.iter().map(|v| *v as i8).collect(),
+                        nulls,
+                    )),
+                    DataType::Int16 => Arc::new(Int16Array::new(
+                        values.iter().map(|v| *v as i16).collect(),
+                        nulls,
+                    )),
+                    DataType::Int32 => Arc::new(Int32Array::new(
+                        values.iter().map(|v| *v as i32).collect(),
+                        nulls,
+                    )),
+                    _ => Arc::new(Int64Array::new(values.into(), nulls)),
+                }
+            }
+            ColumnBuilder::Float32(l) => {
+                let (values, nulls) = l.take();
+                Arc::new(Float32Array::new(values.into(), nulls))
+            }
+            ColumnBuilder::Float64(l) => {
+                let (values, nulls) = l.take();
+                Arc::new(Float64Array::new(values.into(), nulls))
+            }
+            ColumnBuilder::Decimal(l, ty) => {
+                let (values, nulls) = l.take();
+                Arc::new(Decimal128Array::new(values.into(), nulls).with_data_type(ty.clone()))
+            }
+            ColumnBuilder::Timestamp(l) => {
+                let (values, nulls) = l.take();
+                Arc::new(TimestampMicrosecondArray::new(values.into(), nulls).with_timezone("UTC"))
+            }
+            ColumnBuilder::Date(l) => {
+                let (values, nulls) = l.take();
+                Arc::new(Date32Array::new(values.into(), nulls))
+            }
+            ColumnBuilder::Bytes {
+                utf8,
+                offsets,
+                data,
+                valid,
+            } => {
+                let offsets = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
+                let data = Buffer::from_vec(std::mem::take(data));
+                let valid = std::mem::take(valid);
+                let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+                if *utf8 {
+                    // SAFETY: the decoder only appends valid UTF-8 to string columns (from `&str`
+                    // or after `std::str::from_utf8`), and offsets come from the data's length.
+                    Arc::new(unsafe { StringArray::new_unchecked(offsets, data, nulls) })
+                } else {
+                    Arc::new(BinaryArray::new(offsets, data, nulls))
+                }
+            }
             ColumnBuilder::List {
                 field,
                 offsets,

@@ -134,7 +134,12 @@ impl Deserializer {
         matches!(self, Deserializer::OpenX { .. })
     }
 
-    fn cell(&self, v: &Value, ty: &ColumnType, path: &str) -> Result<Cell, ConversionError> {
+    pub(crate) fn cell(
+        &self,
+        v: &Value,
+        ty: &ColumnType,
+        path: &str,
+    ) -> Result<Cell, ConversionError> {
         let fail = |reason: String| ConversionError {
             path: path.to_string(),
             reason,
@@ -306,7 +311,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// Parses decimal text (`-12.345`, `1e3`) to an unscaled value with `scale` digits, rounding half
 /// away from zero, and checks that it fits `precision` digits.
-fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, String> {
+pub(crate) fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, String> {
     let bad = || format!("{text:?} is not a decimal");
     let (mantissa, exp) = match text.split_once(['e', 'E']) {
         Some((m, e)) => (m, e.parse::<i32>().map_err(|_| bad())?),
@@ -354,7 +359,7 @@ fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, String> {
 }
 
 /// `yyyy-MM-dd` to days since the epoch.
-fn parse_date(s: &str) -> Option<i32> {
+pub(crate) fn parse_date(s: &str) -> Option<i32> {
     let mut parts = s.splitn(3, '-');
     let y: i32 = parts.next()?.parse().ok()?;
     let m: u32 = parts.next()?.parse().ok()?;

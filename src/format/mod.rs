@@ -1,14 +1,16 @@
 //! Record format conversion: JSON records to columnar files (Parquet, ORC) with a table schema,
 //! Firehose's `DataFormatConversionConfiguration`.
 //!
-//! The path of a record: its bytes are read as concatenated JSON objects ([`FormatConversion::rows`]);
-//! the deserializer ([`deserializer`]) turns each object into one typed cell per schema column
-//! ([`schema`], [`timestamp`]); rows gather into Arrow batches ([`columnar`]) that the Parquet
-//! ([`parquet`]) or ORC ([`orc`]) writer encodes into row groups / stripes, flushed into the object as
-//! they fill. A record that does not fit is a [`ConversionError`]; the pipeline sends it to the
-//! `format-conversion-failed` error output and keeps the rest.
+//! The path of a record: its bytes are read as concatenated JSON objects and decoded straight into
+//! column builders by the schema-directed decoder ([`decode`]), which defers every unusual value to
+//! the reference deserializer ([`deserializer`]: OpenX / Hive JSON SerDe semantics, [`schema`],
+//! [`timestamp`]); rows gather into Arrow batches ([`columnar`]) that the Parquet ([`parquet`]) or ORC
+//! ([`orc`]) writer encodes into row groups / stripes, flushed into the object as they fill. A record
+//! that does not fit is a [`ConversionError`]; the pipeline sends it to the `format-conversion-failed`
+//! error output and keeps the rest.
 
 pub mod columnar;
+pub mod decode;
 pub mod deserializer;
 pub mod orc;
 pub mod parquet;
@@ -22,6 +24,7 @@ pub use orc::{OrcCompression, OrcOptions};
 pub use parquet::{ParquetCompression, ParquetOptions};
 pub use schema::TableSchema;
 
+use decode::RecordDecoder;
 use orc::OrcFileWriter;
 use parquet::ParquetFileWriter;
 
@@ -54,7 +57,7 @@ pub struct FormatConversion {
 }
 
 impl FormatConversion {
-    /// Converts one record: one row per JSON object in it (Firehose accepts concatenated JSON, and
+    /// Converts one record with the reference deserializer: one row per JSON object in it (Firehose accepts concatenated JSON, and
     /// JSON lines). All or nothing: if any object does not fit, or the record holds no object or
     /// something that is not JSON, the whole record is rejected.
     pub fn rows(&self, data: &[u8]) -> Result<Vec<Vec<Cell>>, ConversionError> {
@@ -87,8 +90,23 @@ pub enum FormatError {
     Orc(#[from] orc_rust::error::OrcError),
 }
 
-/// A Parquet or ORC file being written into `W`.
-pub enum ColumnarWriter<W: Write + Send> {
+/// Why a record could not be added to a file.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The record does not fit the schema; the file is unchanged.
+    #[error(transparent)]
+    Record(ConversionError),
+    #[error(transparent)]
+    Write(#[from] FormatError),
+}
+
+/// A Parquet or ORC file being written into `W`, fed with JSON records.
+pub struct ColumnarWriter<W: Write + Send> {
+    file: FileWriter<W>,
+    decoder: RecordDecoder,
+}
+
+enum FileWriter<W: Write + Send> {
     Parquet(ParquetFileWriter<W>),
     Orc(OrcFileWriter<W>),
 }
@@ -96,30 +114,40 @@ pub enum ColumnarWriter<W: Write + Send> {
 impl<W: Write + Send> ColumnarWriter<W> {
     /// Starts a file in `conversion`'s format (the file's header is written to `out`).
     pub fn new(out: W, conversion: &FormatConversion) -> Result<Self, FormatError> {
-        Ok(match &conversion.output {
+        let file = match &conversion.output {
             OutputFormat::Parquet(o) => {
-                ColumnarWriter::Parquet(ParquetFileWriter::new(out, &conversion.schema, o)?)
+                FileWriter::Parquet(ParquetFileWriter::new(out, &conversion.schema, o)?)
             }
             OutputFormat::Orc(o) => {
-                ColumnarWriter::Orc(OrcFileWriter::new(out, &conversion.schema, o)?)
+                FileWriter::Orc(OrcFileWriter::new(out, &conversion.schema, o)?)
             }
+        };
+        Ok(ColumnarWriter {
+            file,
+            decoder: RecordDecoder::new(&conversion.schema, &conversion.deserializer),
         })
     }
 
-    /// Appends one row made by [`FormatConversion::rows`].
-    pub fn push(&mut self, row: &[Cell]) -> Result<(), FormatError> {
-        match self {
-            ColumnarWriter::Parquet(w) => w.push(row)?,
-            ColumnarWriter::Orc(w) => w.push(row)?,
+    /// Converts one record (concatenated JSON objects) and appends its rows; returns how many.
+    /// A record that does not fit leaves the file as it was.
+    pub fn push_record(&mut self, data: &[u8]) -> Result<usize, PushError> {
+        let rows = match &mut self.file {
+            FileWriter::Parquet(w) => self.decoder.decode(data, w.batch_mut()),
+            FileWriter::Orc(w) => self.decoder.decode(data, w.batch_mut()),
         }
-        Ok(())
+        .map_err(PushError::Record)?;
+        match &mut self.file {
+            FileWriter::Parquet(w) => w.write_if_full().map_err(FormatError::from)?,
+            FileWriter::Orc(w) => w.write_if_full().map_err(FormatError::from)?,
+        }
+        Ok(rows)
     }
 
     /// Writes what is buffered and the file's footer; returns the output.
     pub fn finish(self) -> Result<W, FormatError> {
-        Ok(match self {
-            ColumnarWriter::Parquet(w) => w.finish()?,
-            ColumnarWriter::Orc(w) => w.finish()?,
+        Ok(match self.file {
+            FileWriter::Parquet(w) => w.finish()?,
+            FileWriter::Orc(w) => w.finish()?,
         })
     }
 }

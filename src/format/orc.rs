@@ -145,6 +145,19 @@ impl<W: Write> OrcFileWriter<W> {
         Ok(())
     }
 
+    /// The batch being filled, for the decoder; call [`Self::write_if_full`] after appending.
+    pub(crate) fn batch_mut(&mut self) -> &mut BatchBuilder {
+        &mut self.batch
+    }
+
+    /// Hands the batch to the writer once it is full.
+    pub(crate) fn write_if_full(&mut self) -> Result<(), orc_rust::error::OrcError> {
+        if self.batch.len() >= BATCH_ROWS || self.batch.bytes() >= self.batch_bytes {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
     fn write_batch(&mut self) -> Result<(), orc_rust::error::OrcError> {
         if self.batch.is_empty() {
             return Ok(());

@@ -52,10 +52,9 @@ impl Scan<'_> {
         if self.i - start < min {
             return None;
         }
-        std::str::from_utf8(&self.s[start..self.i])
-            .ok()?
-            .parse()
-            .ok()
+        self.s[start..self.i].iter().try_fold(0i64, |n, d| {
+            n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        })
     }
     fn lit(&mut self, c: u8) -> Option<()> {
         (self.s.get(self.i) == Some(&c)).then(|| self.i += 1)
@@ -112,17 +111,26 @@ pub fn parse_openx(v: &Value) -> Option<i64> {
                 (micros.is_finite() && micros.abs() < 9.2e18).then_some(micros as i64)
             }
         }
-        Value::String(s) => {
-            let s = s.trim();
-            if let Some((mut c, micros)) = date_time(s, b'T', 2) {
-                c.lit(b'Z')?;
-                return c.done().then_some(micros);
-            }
-            let (c, micros) = date_time(s, b' ', 1)?;
-            c.done().then_some(micros)
-        }
+        Value::String(s) => parse_openx_str(s),
         _ => None,
     }
+}
+
+/// A timestamp string as the OpenX JSON SerDe reads it.
+pub fn parse_openx_str(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Some((mut c, micros)) = date_time(s, b'T', 2) {
+        c.lit(b'Z')?;
+        return c.done().then_some(micros);
+    }
+    let (c, micros) = date_time(s, b' ', 1)?;
+    c.done().then_some(micros)
+}
+
+/// A timestamp string in the Hive JSON SerDe's default form (`java.sql.Timestamp.valueOf`).
+pub fn parse_hive_str(s: &str) -> Option<i64> {
+    let (c, micros) = date_time(s.trim(), b' ', 1)?;
+    c.done().then_some(micros)
 }
 
 /// One Hive `timestamp.formats` entry.
@@ -241,8 +249,7 @@ impl HiveFormat {
 pub fn parse_hive(v: &Value, formats: &[HiveFormat]) -> Option<i64> {
     if formats.is_empty() {
         let Value::String(s) = v else { return None };
-        let (c, micros) = date_time(s.trim(), b' ', 1)?;
-        return c.done().then_some(micros);
+        return parse_hive_str(s);
     }
     formats.iter().find_map(|f| f.apply(v))
 }

@@ -436,3 +436,39 @@ def test_parquet_streams_into_a_multipart_upload_on_s3(tmp_path, store_env, s3):
 
 # The S3 fixtures, shared with test_s3.py.
 from test_s3 import bucket, s3, seaweed, store_env  # noqa: E402,F401
+
+
+def test_config_parquet_yaml_runs_as_is_and_duckdb_queries_the_lake(tmp_path):
+    """config/parquet.yaml (schema file beside it) with benches/gen.py's clickstream records."""
+    import subprocess
+    import sys
+    from conftest import REPO_ROOT
+    data = tmp_path / "clicks.ndjson"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benches/gen.py"), "20000", str(data)], check=True)
+    lines = data.read_bytes().splitlines()
+    daemon = Spillway(tmp_path, config=REPO_ROOT / "config/parquet.yaml")
+    daemon.start()
+    try:
+        put(daemon, "clicks", lines + [b'{"qty": "many"}'])
+    finally:
+        daemon.stop()
+    files = objects(daemon, "clicks/", ".parquet")
+    assert files, daemon.lake_objects()
+    records = [json.loads(line) for line in lines]
+    con = duckdb.connect()
+    glob = str(daemon.lake_dir / "clicks" / "**" / "*.parquet")
+    count, qty, amount, tags, countries = con.execute(
+        "SELECT count(*), sum(qty), sum(amount), sum(len(tags)), count(DISTINCT geo.country) "
+        "FROM read_parquet(?)", [glob]).fetchone()
+    assert count == len(records)
+    assert qty == sum(r["qty"] for r in records)
+    assert amount == sum(decimal.Decimal(str(r["amount"])) for r in records if r["amount"] is not None)
+    assert tags == sum(len(r["tags"]) for r in records)
+    assert countries == len({r["geo"]["country"] for r in records})
+    first = con.execute("SELECT event_id, epoch_ms(ts) FROM read_parquet(?) ORDER BY ts, event_id LIMIT 1",
+                        [glob]).fetchone()
+    want = min(records, key=lambda r: (r["ts"], r["event_id"]))
+    at = dt.datetime.strptime(want["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert first == (want["event_id"], (at - EPOCH) // dt.timedelta(milliseconds=1))
+    errors = [p for p in daemon.lake_objects() if p.as_posix().startswith("clicks-errors/format-conversion-failed/")]
+    assert len(errors) == 1, daemon.lake_objects()

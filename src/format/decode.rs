@@ -1,0 +1,1074 @@
+//! The fast path from JSON bytes to columns: a schema-directed parser that appends each value
+//! straight into its column builder, with no JSON tree and no per-value allocation.
+//!
+//! It implements the same reading as [`Deserializer`] (which stays the reference and the fallback):
+//! values of the shape a column expects (a JSON string for a string column, a JSON integer for an
+//! int column, ...) are decoded here; any other value (a number for a string column, a string for an
+//! int column under the OpenX SerDe, a number as a timestamp, ...) is parsed into a
+//! `serde_json::Value` and converted by [`Deserializer`], so both paths agree by construction. A
+//! property test checks that they do on generated records. A record that fails anywhere is cut off
+//! every column again, so a batch holds only whole records.
+//!
+//! When a key occurs twice in an object (after case folding), the last occurrence wins. A record
+//! with several bad values is reported with the first of them in the record.
+
+use serde_json::Value;
+
+use super::columnar::{BatchBuilder, ColumnBuilder};
+use super::deserializer::{parse_date, parse_decimal, ConversionError, Deserializer};
+use super::schema::{ColumnType, TableSchema};
+use super::timestamp::{parse_hive_str, parse_openx_str};
+
+/// Decodes records into a [`BatchBuilder`] for one schema and deserializer.
+pub struct RecordDecoder {
+    deserializer: Deserializer,
+    root: Fields,
+    scratch: Vec<u8>,
+}
+
+/// The members of an object-shaped type (the table, or a struct) with the JSON key each matches.
+struct Fields {
+    /// Byte → the byte keys are compared as (case folding, dots to underscores).
+    fold: [u8; 256],
+    keys: Vec<Vec<u8>>,
+    /// Each key in quotes, as it appears in a record that spells it exactly.
+    quoted: Vec<Vec<u8>>,
+    types: Vec<ColumnType>,
+    nested: Vec<Option<Fields>>,
+    names: Vec<String>,
+}
+
+impl Fields {
+    fn new(members: &[(String, ColumnType)], d: &Deserializer, top: bool) -> Fields {
+        let keys: Vec<Vec<u8>> = members
+            .iter()
+            .map(|(name, _)| {
+                let key = match d {
+                    Deserializer::OpenX {
+                        column_to_json_key, ..
+                    } if top => column_to_json_key
+                        .get(&name.to_ascii_lowercase())
+                        .cloned()
+                        .unwrap_or_else(|| name.clone()),
+                    _ => name.clone(),
+                };
+                normalize(d, key.as_bytes())
+            })
+            .collect();
+        let mut fold_table = [0u8; 256];
+        for (b, f) in fold_table.iter_mut().enumerate() {
+            *f = fold(d, b as u8);
+        }
+        let quoted = keys
+            .iter()
+            .map(|k: &Vec<u8>| [&b"\""[..], k, b"\""].concat())
+            .collect();
+        Fields {
+            fold: fold_table,
+            quoted,
+            keys,
+            types: members.iter().map(|(_, t)| t.clone()).collect(),
+            nested: members
+                .iter()
+                .map(|(_, t)| match t {
+                    ColumnType::Struct(m) => Some(Fields::new(m, d, false)),
+                    ColumnType::Array(item) => nested_fields(item, d),
+                    ColumnType::Map(_, v) => nested_fields(v, d),
+                    _ => None,
+                })
+                .collect(),
+            names: members.iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+
+    /// The member a (raw) key names, trying `hint` first (keys tend to come in schema order).
+    fn find(&self, key: &[u8], hint: usize) -> Option<usize> {
+        let matches = |i: usize| {
+            let want = &self.keys[i];
+            want.len() == key.len()
+                && key
+                    .iter()
+                    .zip(want)
+                    .all(|(k, w)| self.fold[*k as usize] == *w)
+        };
+        if hint < self.keys.len() && matches(hint) {
+            return Some(hint);
+        }
+        (0..self.keys.len()).find(|&i| matches(i))
+    }
+}
+
+/// Struct fields of an array's items or a map's values, however deeply nested in arrays and maps.
+fn nested_fields(ty: &ColumnType, d: &Deserializer) -> Option<Fields> {
+    match ty {
+        ColumnType::Struct(m) => Some(Fields::new(m, d, false)),
+        ColumnType::Array(item) => nested_fields(item, d),
+        ColumnType::Map(_, v) => nested_fields(v, d),
+        _ => None,
+    }
+}
+
+fn case_insensitive(d: &Deserializer) -> bool {
+    match d {
+        Deserializer::OpenX {
+            case_insensitive, ..
+        } => *case_insensitive,
+        Deserializer::Hive { .. } => true,
+    }
+}
+
+fn dots(d: &Deserializer) -> bool {
+    matches!(
+        d,
+        Deserializer::OpenX {
+            convert_dots_to_underscores: true,
+            ..
+        }
+    )
+}
+
+fn fold(d: &Deserializer, b: u8) -> u8 {
+    let b = if case_insensitive(d) {
+        b.to_ascii_lowercase()
+    } else {
+        b
+    };
+    if b == b'.' && dots(d) {
+        b'_'
+    } else {
+        b
+    }
+}
+
+fn normalize(d: &Deserializer, key: &[u8]) -> Vec<u8> {
+    key.iter().map(|b| fold(d, *b)).collect()
+}
+
+/// A decoding failure: bad JSON anywhere in the record, or a value that does not fit.
+enum Failure {
+    Syntax(String),
+    Value(ConversionError),
+}
+
+type Parsed<T> = std::result::Result<T, Failure>;
+
+impl Failure {
+    /// Prefixes the path of a value error with `segment` (errors are built innermost first).
+    fn within(self, segment: impl FnOnce() -> String) -> Failure {
+        match self {
+            Failure::Value(mut e) => {
+                e.path = format!("{}{}", segment(), e.path);
+                Failure::Value(e)
+            }
+            syntax => syntax,
+        }
+    }
+}
+
+fn value_error(reason: String) -> Failure {
+    Failure::Value(ConversionError {
+        path: String::new(),
+        reason,
+    })
+}
+
+impl RecordDecoder {
+    pub fn new(schema: &TableSchema, deserializer: &Deserializer) -> RecordDecoder {
+        let members: Vec<(String, ColumnType)> = schema
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.ty.clone()))
+            .collect();
+        RecordDecoder {
+            root: Fields::new(&members, deserializer, true),
+            deserializer: deserializer.clone(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Appends the rows of one record (concatenated JSON objects) to `batch`; returns how many. On
+    /// error `batch` is as it was before.
+    pub fn decode(
+        &mut self,
+        data: &[u8],
+        batch: &mut BatchBuilder,
+    ) -> Result<usize, ConversionError> {
+        let before = batch.len();
+        let result = self.decode_all(data, batch);
+        match result {
+            Ok(rows) => Ok(rows),
+            Err(failure) => {
+                for c in batch.columns_mut() {
+                    c.truncate(before);
+                }
+                batch.set_len(before);
+                Err(match failure {
+                    Failure::Value(e) => e,
+                    Failure::Syntax(reason) => ConversionError {
+                        path: "$".into(),
+                        reason: format!("the record is not valid JSON: {reason}"),
+                    },
+                })
+            }
+        }
+    }
+
+    fn decode_all(&mut self, data: &[u8], batch: &mut BatchBuilder) -> Parsed<usize> {
+        let mut p = Parser { s: data, i: 0 };
+        let mut rows = 0;
+        loop {
+            p.ws();
+            let Some(c) = p.peek() else { break };
+            if c != b'{' {
+                p.skip_value(0)?;
+                let kind = match c {
+                    b'[' => "an array",
+                    b'"' => "a string",
+                    b't' | b'f' => "a boolean",
+                    b'n' => "null",
+                    _ => "a number",
+                };
+                return Err(Failure::Value(ConversionError {
+                    path: "$".into(),
+                    reason: format!("a record must be a JSON object, not {kind}"),
+                }));
+            }
+            let row = batch.len();
+            let d = &self.deserializer;
+            object(
+                &mut p,
+                d,
+                &self.root,
+                batch.columns_mut(),
+                row,
+                &mut self.scratch,
+                true,
+            )?;
+            batch.set_len(row + 1);
+            batch.add_bytes(data.len());
+            rows += 1;
+        }
+        if rows == 0 {
+            return Err(Failure::Value(ConversionError {
+                path: "$".into(),
+                reason: "the record holds no JSON object".into(),
+            }));
+        }
+        Ok(rows)
+    }
+}
+
+/// Decodes an object at `p` into `columns` (each gets exactly one value for row `row`).
+fn object(
+    p: &mut Parser<'_>,
+    d: &Deserializer,
+    fields: &Fields,
+    columns: &mut [ColumnBuilder],
+    row: usize,
+    scratch: &mut Vec<u8>,
+    top: bool,
+) -> Parsed<()> {
+    p.expect(b'{')?;
+    let mut seen = 0u64;
+    let mut seen_more: Vec<bool> = Vec::new();
+    let wide = fields.keys.len() > 64;
+    if wide {
+        seen_more.resize(fields.keys.len(), false);
+    }
+    let mut hint = 0;
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        loop {
+            p.ws();
+            // Keys usually arrive in schema order, spelled as the schema spells them: try the
+            // next member's key verbatim before scanning and folding the key.
+            let found = match fields.quoted.get(hint) {
+                Some(q) if p.s[p.i..].starts_with(q) => {
+                    p.i += q.len();
+                    Some(hint)
+                }
+                _ => fields.find(p.string(scratch)?.as_bytes(), hint),
+            };
+            p.ws();
+            p.expect(b':')?;
+            p.ws();
+            match found {
+                None => p.skip_value(0)?,
+                Some(i) => {
+                    let again = if wide {
+                        std::mem::replace(&mut seen_more[i], true)
+                    } else {
+                        let bit = 1u64 << i;
+                        let was = seen & bit != 0;
+                        seen |= bit;
+                        was
+                    };
+                    if again {
+                        columns[i].truncate(row);
+                    }
+                    let name = &fields.names[i];
+                    value(
+                        p,
+                        d,
+                        &fields.types[i],
+                        fields.nested[i].as_ref(),
+                        &mut columns[i],
+                        scratch,
+                    )
+                    .map_err(|e| {
+                        e.within(|| {
+                            if top {
+                                name.clone()
+                            } else {
+                                format!(".{name}")
+                            }
+                        })
+                    })?;
+                    hint = i + 1;
+                }
+            }
+            p.ws();
+            match p.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                _ => return Err(p.syntax("expected ',' or '}' in an object")),
+            }
+        }
+    }
+    for (i, c) in columns.iter_mut().enumerate() {
+        let was = if wide {
+            seen_more[i]
+        } else {
+            seen & (1u64 << i) != 0
+        };
+        if !was {
+            c.append_null();
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one value of type `ty` into `col`.
+fn value(
+    p: &mut Parser<'_>,
+    d: &Deserializer,
+    ty: &ColumnType,
+    nested: Option<&Fields>,
+    col: &mut ColumnBuilder,
+    scratch: &mut Vec<u8>,
+) -> Parsed<()> {
+    let start = p.i;
+    let c = p.peek().ok_or_else(|| p.syntax("unexpected end"))?;
+    if c == b'n' {
+        p.literal(b"null")?;
+        col.append_null();
+        return Ok(());
+    }
+    let fast = match (ty, c) {
+        (ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_), b'"') => {
+            let s = p.string(scratch)?;
+            let s = match ty {
+                ColumnType::Char(n) | ColumnType::Varchar(n) => truncate_chars(s, *n as usize),
+                _ => s,
+            };
+            col.push_bytes(s.as_bytes());
+            true
+        }
+        (
+            ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt,
+            b'-' | b'0'..=b'9',
+        ) => {
+            let (text, integer) = p.number()?;
+            match (integer, text.parse::<i64>()) {
+                (true, Ok(i)) => {
+                    let (lo, hi) = match ty {
+                        ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
+                        ColumnType::SmallInt => (i16::MIN as i64, i16::MAX as i64),
+                        ColumnType::Int => (i32::MIN as i64, i32::MAX as i64),
+                        _ => (i64::MIN, i64::MAX),
+                    };
+                    if !(lo..=hi).contains(&i) {
+                        return Err(value_error(format!("{i} is out of range for {ty}")));
+                    }
+                    if let ColumnBuilder::Int(l, _) = col {
+                        l.push(i);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+        (ColumnType::Double | ColumnType::Float, b'-' | b'0'..=b'9') => {
+            let (text, _) = p.number()?;
+            match text.parse::<f64>() {
+                Ok(f) if f.is_finite() => {
+                    match col {
+                        ColumnBuilder::Float64(l) => l.push(f),
+                        ColumnBuilder::Float32(l) => l.push(f as f32),
+                        _ => {}
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+        (ColumnType::Boolean, b't' | b'f') => {
+            let v = c == b't';
+            p.literal(if v { b"true" } else { b"false" })?;
+            if let ColumnBuilder::Bool(l) = col {
+                l.push(v);
+            }
+            true
+        }
+        (ColumnType::Timestamp, b'"') => {
+            let s = p.string(scratch)?;
+            let micros = match d {
+                Deserializer::OpenX { .. } => parse_openx_str(s),
+                Deserializer::Hive { timestamp_formats } if timestamp_formats.is_empty() => {
+                    parse_hive_str(s)
+                }
+                Deserializer::Hive { .. } => None,
+            };
+            match micros {
+                Some(t) => {
+                    if let ColumnBuilder::Timestamp(l) = col {
+                        l.push(t);
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+        (ColumnType::Date, b'"') => {
+            let s = p.string(scratch)?;
+            match parse_date(s.trim()) {
+                Some(days) => {
+                    if let ColumnBuilder::Date(l) = col {
+                        l.push(days);
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+        (ColumnType::Decimal { precision, scale }, b'-' | b'0'..=b'9') => {
+            let (text, _) = p.number()?;
+            let v =
+                parse_decimal(text, *precision, *scale).map_err(|reason| value_error(reason))?;
+            if let ColumnBuilder::Decimal(l, _) = col {
+                l.push(v);
+            }
+            true
+        }
+        (ColumnType::Binary, b'"') => {
+            let s = p.string(scratch)?;
+            match base64_simd::STANDARD.decode_to_vec(s.as_bytes()) {
+                Ok(bytes) => {
+                    col.push_bytes(&bytes);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        (ColumnType::Array(item), b'[') => {
+            p.i += 1;
+            let ColumnBuilder::List {
+                offsets,
+                valid,
+                child,
+                ..
+            } = col
+            else {
+                unreachable!("array columns have list builders")
+            };
+            p.ws();
+            let mut n = 0usize;
+            if p.peek() == Some(b']') {
+                p.i += 1;
+            } else {
+                loop {
+                    p.ws();
+                    value(p, d, item, nested, child, scratch)
+                        .map_err(|e| e.within(|| format!("[{n}]")))?;
+                    n += 1;
+                    p.ws();
+                    match p.next() {
+                        Some(b',') => continue,
+                        Some(b']') => break,
+                        _ => return Err(p.syntax("expected ',' or ']' in an array")),
+                    }
+                }
+            }
+            offsets.push(child.len() as i32);
+            valid.push(true);
+            true
+        }
+        (ColumnType::Struct(_), b'{') => {
+            let ColumnBuilder::Struct {
+                valid, children, ..
+            } = col
+            else {
+                unreachable!("struct columns have struct builders")
+            };
+            let row = valid.len();
+            let fields = nested.expect("struct fields");
+            object(p, d, fields, children, row, scratch, false)?;
+            valid.push(true);
+            true
+        }
+        (ColumnType::Map(key_ty, value_ty), b'{')
+            if matches!(
+                **key_ty,
+                ColumnType::String | ColumnType::Varchar(_) | ColumnType::Char(_)
+            ) =>
+        {
+            p.i += 1;
+            let ColumnBuilder::Map {
+                offsets,
+                valid,
+                keys,
+                values,
+                ..
+            } = col
+            else {
+                unreachable!("map columns have map builders")
+            };
+            p.ws();
+            if p.peek() == Some(b'}') {
+                p.i += 1;
+            } else {
+                loop {
+                    p.ws();
+                    let k = p.string(scratch)?.to_string();
+                    let k = match &**key_ty {
+                        ColumnType::Char(n) | ColumnType::Varchar(n) => {
+                            truncate_chars(&k, *n as usize).to_string()
+                        }
+                        _ => k,
+                    };
+                    p.ws();
+                    p.expect(b':')?;
+                    p.ws();
+                    keys.push_bytes(k.as_bytes());
+                    value(p, d, value_ty, nested, values, scratch)
+                        .map_err(|e| e.within(|| format!("[{k:?}]")))?;
+                    p.ws();
+                    match p.next() {
+                        Some(b',') => continue,
+                        Some(b'}') => break,
+                        _ => return Err(p.syntax("expected ',' or '}' in an object")),
+                    }
+                }
+            }
+            offsets.push(keys.len() as i32);
+            valid.push(true);
+            true
+        }
+        _ => false,
+    };
+    if fast {
+        return Ok(());
+    }
+    // Any other shape: the reference deserializer decides (and names the error).
+    p.i = start;
+    p.skip_value(0)?;
+    let v: Value =
+        serde_json::from_slice(&p.s[start..p.i]).map_err(|e| Failure::Syntax(e.to_string()))?;
+    let cell = d.cell(&v, ty, "").map_err(Failure::Value)?;
+    col.append(&cell);
+    Ok(())
+}
+
+fn truncate_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Bytes that end the fast scan of a string: the quote, the backslash and control characters.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The maximum nesting depth of skipped values (serde_json's limit is 128).
+const MAX_DEPTH: usize = 128;
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn syntax(&self, what: &str) -> Failure {
+        Failure::Syntax(format!("{what} at byte {}", self.i))
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    #[inline]
+    fn expect(&mut self, c: u8) -> Parsed<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.syntax(&format!("expected '{}'", c as char)))
+        }
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> Parsed<()> {
+        if self.s[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(self.syntax("invalid literal"))
+        }
+    }
+
+    /// A string value (the parser is at its opening quote).
+    fn string<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Parsed<&'s str>
+    where
+        'a: 's,
+    {
+        self.expect(b'"')?;
+        let start = self.i;
+        // Fast path: scan to the closing quote or the first escape (strings are mostly short, so a
+        // table lookup per byte beats a vectorised search's set-up).
+        let mut end = start;
+        let mut high = 0u8;
+        while let Some(&b) = self.s.get(end) {
+            if SPECIAL[b as usize] {
+                break;
+            }
+            high |= b;
+            end += 1;
+        }
+        let Some(&stop) = self.s.get(end) else {
+            return Err(self.syntax("unterminated string"));
+        };
+        self.i = end;
+        if stop < 0x20 {
+            return Err(self.syntax("control character in a string"));
+        }
+        let run = &self.s[start..end];
+        let non_ascii = high >= 0x80;
+        if stop == b'"' {
+            self.i += 1;
+            return if non_ascii {
+                std::str::from_utf8(run)
+                    .map_err(|_| Failure::Syntax("invalid UTF-8 in a string".into()))
+            } else {
+                // SAFETY: every byte of `run` is ASCII.
+                Ok(unsafe { std::str::from_utf8_unchecked(run) })
+            };
+        }
+        scratch.clear();
+        scratch.extend_from_slice(&self.s[start..self.i]);
+        loop {
+            let b = *self
+                .s
+                .get(self.i)
+                .ok_or_else(|| self.syntax("unterminated string"))?;
+            self.i += 1;
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    let e = self
+                        .next()
+                        .ok_or_else(|| self.syntax("unterminated escape"))?;
+                    match e {
+                        b'"' | b'\\' | b'/' => scratch.push(e),
+                        b'b' => scratch.push(8),
+                        b'f' => scratch.push(12),
+                        b'n' => scratch.push(b'\n'),
+                        b'r' => scratch.push(b'\r'),
+                        b't' => scratch.push(b'\t'),
+                        b'u' => {
+                            let mut code = self.hex4()?;
+                            if (0xD800..0xDC00).contains(&code) {
+                                if !self.s[self.i..].starts_with(b"\\u") {
+                                    return Err(self.syntax("lone surrogate"));
+                                }
+                                self.i += 2;
+                                let low = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&low) {
+                                    return Err(self.syntax("invalid surrogate pair"));
+                                }
+                                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                            } else if (0xDC00..0xE000).contains(&code) {
+                                return Err(self.syntax("lone surrogate"));
+                            }
+                            let ch = char::from_u32(code)
+                                .ok_or_else(|| self.syntax("invalid escape"))?;
+                            let mut buf = [0u8; 4];
+                            scratch.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        }
+                        _ => return Err(self.syntax("invalid escape")),
+                    }
+                }
+                0..=0x1f => return Err(self.syntax("control character in a string")),
+                _ => scratch.push(b),
+            }
+        }
+        std::str::from_utf8(scratch)
+            .map_err(|_| Failure::Syntax("invalid UTF-8 in a string".into()))
+    }
+
+    fn hex4(&mut self) -> Parsed<u32> {
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.syntax("short \\u escape"))?;
+        let text = std::str::from_utf8(h).map_err(|_| self.syntax("invalid \\u escape"))?;
+        let v = u32::from_str_radix(text, 16).map_err(|_| self.syntax("invalid \\u escape"))?;
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// A number token: its text, and whether it is an integer (no fraction or exponent).
+    fn number(&mut self) -> Parsed<(&'a str, bool)> {
+        let start = self.i;
+        let s = self.s;
+        if s.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match s.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(b'0'..=b'9') = s.get(self.i) {
+                    self.i += 1;
+                }
+            }
+            _ => return Err(self.syntax("invalid number")),
+        }
+        let mut integer = true;
+        if s.get(self.i) == Some(&b'.') {
+            integer = false;
+            self.i += 1;
+            let digits = self.i;
+            while let Some(b'0'..=b'9') = s.get(self.i) {
+                self.i += 1;
+            }
+            if self.i == digits {
+                return Err(self.syntax("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = s.get(self.i) {
+            integer = false;
+            self.i += 1;
+            if let Some(b'+' | b'-') = s.get(self.i) {
+                self.i += 1;
+            }
+            let digits = self.i;
+            while let Some(b'0'..=b'9') = s.get(self.i) {
+                self.i += 1;
+            }
+            if self.i == digits {
+                return Err(self.syntax("invalid number"));
+            }
+        }
+        // SAFETY: the bytes were matched as ASCII digits, signs, '.', 'e' and 'E' above.
+        let text = unsafe { std::str::from_utf8_unchecked(&s[start..self.i]) };
+        Ok((text, integer))
+    }
+
+    /// Skips one value, checking its syntax.
+    fn skip_value(&mut self, depth: usize) -> Parsed<()> {
+        if depth > MAX_DEPTH {
+            return Err(self.syntax("nesting too deep"));
+        }
+        match self.peek().ok_or_else(|| self.syntax("unexpected end"))? {
+            b'"' => {
+                let mut scratch = Vec::new();
+                self.string(&mut scratch)?;
+            }
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    let mut scratch = Vec::new();
+                    self.string(&mut scratch)?;
+                    self.ws();
+                    self.expect(b':')?;
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => continue,
+                        Some(b'}') => break,
+                        _ => return Err(self.syntax("expected ',' or '}' in an object")),
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => continue,
+                        Some(b']') => break,
+                        _ => return Err(self.syntax("expected ',' or ']' in an array")),
+                    }
+                }
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => {
+                self.number()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::columnar::BatchBuilder;
+    use crate::format::timestamp::HiveFormat;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    const COLUMNS: &[(&str, &str)] = &[
+        ("id", "bigint"),
+        ("name", "string"),
+        ("code", "varchar(3)"),
+        ("small", "tinyint"),
+        ("ratio", "double"),
+        ("f", "float"),
+        ("price", "decimal(9,2)"),
+        ("ok", "boolean"),
+        ("ts", "timestamp"),
+        ("day", "date"),
+        ("raw", "binary"),
+        ("tags", "array<string>"),
+        ("geo", "struct<city:string,zip:int,pts:array<double>>"),
+        ("counts", "map<string,bigint>"),
+        ("evs", "array<struct<kind:string,at:timestamp>>"),
+    ];
+
+    fn deserializers() -> Vec<Deserializer> {
+        vec![
+            Deserializer::default(),
+            Deserializer::OpenX {
+                case_insensitive: false,
+                convert_dots_to_underscores: true,
+                column_to_json_key: HashMap::from([("name".into(), "user.name".into())]),
+            },
+            Deserializer::Hive {
+                timestamp_formats: vec![],
+            },
+            Deserializer::Hive {
+                timestamp_formats: vec![HiveFormat::parse("millis").unwrap()],
+            },
+        ]
+    }
+
+    /// Decodes `records` both ways; the batches (or the errors) must be equal.
+    fn agree(records: &[Vec<u8>], d: &Deserializer) -> Result<(), String> {
+        let schema = TableSchema::from_columns(COLUMNS.iter().copied()).unwrap();
+        let reference = FormatConversionRef { schema: &schema, d };
+        let mut fast = BatchBuilder::new(&schema);
+        let mut slow = BatchBuilder::new(&schema);
+        let mut decoder = RecordDecoder::new(&schema, d);
+        for r in records {
+            let got = decoder.decode(r, &mut fast);
+            let want = reference.rows(r);
+            match (&got, &want) {
+                (Ok(n), Ok(rows)) if *n == rows.len() => {
+                    for row in rows {
+                        slow.push(row);
+                    }
+                }
+                // A record with several bad values: the decoder names the first in the record,
+                // the reference the first in schema order.
+                (Err(_), Err(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "{}: fast {got:?}, reference {:?}",
+                        String::from_utf8_lossy(r),
+                        want.map(|r| r.len())
+                    ))
+                }
+            }
+        }
+        let (a, b) = (fast.finish(), slow.finish());
+        if a != b {
+            return Err(format!("batches differ:\nfast {a:?}\nreference {b:?}"));
+        }
+        Ok(())
+    }
+
+    struct FormatConversionRef<'a> {
+        schema: &'a TableSchema,
+        d: &'a Deserializer,
+    }
+
+    impl FormatConversionRef<'_> {
+        fn rows(
+            &self,
+            data: &[u8],
+        ) -> std::result::Result<Vec<Vec<crate::format::Cell>>, ConversionError> {
+            crate::format::FormatConversion {
+                schema: self.schema.clone(),
+                deserializer: self.d.clone(),
+                output: crate::format::OutputFormat::Parquet(Default::default()),
+            }
+            .rows(data)
+        }
+    }
+
+    #[test]
+    fn known_records_agree() {
+        let records: Vec<Vec<u8>> = [
+            json!({"id": 1, "name": "a", "code": "abcdef", "small": -128, "ratio": 1.5, "f": 0.1,
+                   "price": 12.345, "ok": true, "ts": "2024-01-02 03:04:05.5", "day": "2024-02-29",
+                   "raw": "aGk=", "tags": ["x", null], "geo": {"CITY": "Oslo", "pts": [1, 2.5]},
+                   "counts": {"a": 1, "b": null}, "evs": [{"kind": "k", "at": 1700000000}, null]}),
+            json!({"ID": "7", "Name": 5, "ratio": "2.5", "ok": "TRUE", "ts": 1700000000123i64,
+                   "geo": null, "tags": [], "counts": {}, "user.name": "dotted"}),
+            json!({"small": 128}),
+            json!({"price": "1234567.891"}),
+            json!({"name": {"nested": [1, {"a": null}]}, "code": "é€😀x"}),
+            json!({"ts": "2024-01-02T03:04:05Z", "day": "2024-13-01"}),
+            json!({"tags": "not a list"}),
+            json!({"geo": {"zip": "12"}}),
+            json!({"evs": [{"at": "bad"}]}),
+        ]
+        .iter()
+        .map(|v| v.to_string().into_bytes())
+        .chain([
+            br#"{"id":1}{"id":2} {"id":3}"#.to_vec(),
+            br#"{"name":"esc\"aped\u00e9\ud83d\ude00\n"}"#.to_vec(),
+            br#"{"id":1, "id":2}"#.to_vec(),
+            br#"{"name":"a"} x"#.to_vec(),
+            br#"[1]"#.to_vec(),
+            b"".to_vec(),
+            br#"{"id": 01}"#.to_vec(),
+            br#"{"id": 1e400}"#.to_vec(),
+            br#"{"ratio": 1e400}"#.to_vec(),
+            br#"{"name": "\ud800"}"#.to_vec(),
+            b"{\"name\": \"\xff\"}".to_vec(),
+            br#"{"geo": {"city": "x", "city": "y"}}"#.to_vec(),
+        ])
+        .collect();
+        for d in deserializers() {
+            agree(&records, &d).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 .:\\-é\"\\\\]{0,12}".prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just("2024-02-29 07:08:09.123"),
+                Just("2024-02-29T07:08:09Z"),
+                Just("2024-02-29"),
+                Just("12.5"),
+                Just("-3"),
+                Just("aGk="),
+                Just("true"),
+            ]
+            .prop_map(serde_json::Value::from),
+        ];
+        let keys = prop_oneof![
+            Just("city"),
+            Just("CITY"),
+            Just("zip"),
+            Just("pts"),
+            Just("kind"),
+            Just("at"),
+            Just("a"),
+            Just("other"),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(keys.clone().prop_map(String::from), inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn any_record() -> impl Strategy<Value = serde_json::Value> {
+        let names = prop_oneof![
+            Just("id"),
+            Just("ID"),
+            Just("name"),
+            Just("Name"),
+            Just("user.name"),
+            Just("code"),
+            Just("small"),
+            Just("ratio"),
+            Just("f"),
+            Just("price"),
+            Just("ok"),
+            Just("ts"),
+            Just("day"),
+            Just("raw"),
+            Just("tags"),
+            Just("geo"),
+            Just("counts"),
+            Just("evs"),
+            Just("unknown"),
+        ];
+        proptest::collection::btree_map(names.prop_map(String::from), any_json(), 0..10)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// The fast decoder and the reference deserializer agree on every record: same rows, or
+        /// both reject it at the same column path.
+        #[test]
+        fn fast_and_reference_agree(records in proptest::collection::vec(any_record(), 1..8)) {
+            let bytes: Vec<Vec<u8>> = records.iter().map(|r| r.to_string().into_bytes()).collect();
+            for d in deserializers() {
+                prop_assert_eq!(agree(&bytes, &d), Ok(()), "{:?}", d);
+            }
+        }
+    }
+}
