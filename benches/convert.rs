@@ -6,8 +6,8 @@
 //! ORC writer → file) on N threads, each converting its share of the file's lines into its own file,
 //! as N shards' pipelines do. Every tool reads the file from the page cache and writes its output to
 //! the same disk without fsync; each figure is the median of `SPILLWAY_BENCH_RUNS` (default 3) runs,
-//! wall clock, whole conversion. Peak RSS: the reference tools run in their own process
-//! (`ru_maxrss`); Spillway's is this process's growth over the run (VmHWM), as it streams the file.
+//! wall clock, whole conversion. Every run is its own process (this binary re-runs itself for
+//! Spillway's side), and peak RSS is that process's high-water mark (VmHWM / `ru_maxrss`).
 //!
 //! `cargo bench --bench convert` after `bash tests/run-all.sh` has created `.venv` (pinned duckdb
 //! and pyarrow). Env: SPILLWAY_BENCH_RECORDS (default 1,000,000), SPILLWAY_BENCH_THREADS ("1,2"),
@@ -123,32 +123,13 @@ fn spillway_run(
     (start.elapsed().as_secs_f64(), rows)
 }
 
-/// Runs a Python snippet that prints `seconds maxrss_kib`.
-fn python_run(python: &str, code: &str) -> (f64, f64) {
-    let out = Command::new(python)
-        .args(["-c", code])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {python}: {e} (create .venv with tests/run-all.sh)")
-        });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace();
-    let secs: f64 = it.next().unwrap().parse().unwrap();
-    let rss: f64 = it.next().unwrap().parse().unwrap();
-    (secs, rss / 1024.0)
-}
-
 fn duckdb_code(input: &Path, output: &Path, threads: usize) -> String {
     format!(
         r#"
 import duckdb, resource, time
 con = duckdb.connect()
 con.execute("SET threads = {threads}")
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
 con.execute("""COPY (SELECT * FROM read_ndjson('{input}', columns = {{event_id: 'VARCHAR', customer_id: 'VARCHAR', ts: 'TIMESTAMPTZ', event_type: 'VARCHAR', url: 'VARCHAR', amount: 'DOUBLE', qty: 'INTEGER', tags: 'VARCHAR[]', geo: 'STRUCT(country VARCHAR, lat DOUBLE, lon DOUBLE)'}})) TO '{output}' (FORMAT parquet, COMPRESSION snappy)""")
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -187,7 +168,55 @@ struct Row {
     rss_mib: f64,
 }
 
+/// In a child process: one Spillway run, printing `seconds peak_rss_kib`.
+fn child(spec: &str) {
+    let mut it = spec.splitn(4, ',');
+    let (ext, threads, input, dir) = (
+        it.next().unwrap(),
+        it.next().unwrap().parse::<usize>().unwrap(),
+        PathBuf::from(it.next().unwrap()),
+        PathBuf::from(it.next().unwrap()),
+    );
+    let conversion = if ext == "parquet" { parquet() } else { orc() };
+    let (secs, _) = spillway_run(&input, &dir, threads, &conversion, ext);
+    println!("{secs} {}", vm_hwm_mib() * 1024.0);
+}
+
+fn parquet() -> FormatConversion {
+    FormatConversion {
+        schema: TableSchema::from_columns(NESTED.iter().copied()).unwrap(),
+        deserializer: Deserializer::default(),
+        output: OutputFormat::Parquet(ParquetOptions::default()),
+    }
+}
+
+fn orc() -> FormatConversion {
+    FormatConversion {
+        schema: TableSchema::from_columns(FLAT.iter().copied()).unwrap(),
+        deserializer: Deserializer::default(),
+        output: OutputFormat::Orc(OrcOptions::default()),
+    }
+}
+
+/// Runs `command`, which prints `seconds peak_rss_kib`.
+fn measured(command: &mut Command) -> (f64, f64) {
+    let out = command.output().expect("run a benchmark process");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let secs: f64 = it.next().unwrap().parse().unwrap();
+    let rss: f64 = it.next().unwrap().parse().unwrap();
+    (secs, rss / 1024.0)
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("SPILLWAY_BENCH_CHILD") {
+        return child(&spec);
+    }
     let records: usize = env_or("SPILLWAY_BENCH_RECORDS", 1_000_000);
     let runs: usize = env_or("SPILLWAY_BENCH_RUNS", 3);
     let python =
@@ -197,6 +226,7 @@ fn main() {
         .split(',')
         .filter_map(|t| t.trim().parse().ok())
         .collect();
+    let formats = std::env::var("SPILLWAY_BENCH_FORMATS").unwrap_or_else(|_| "parquet,orc".into());
     let dir = tempfile::tempdir().unwrap();
     let input: PathBuf = dir.path().join("records.ndjson");
     let status = Command::new(&python)
@@ -212,28 +242,11 @@ fn main() {
         bytes as f64 / 1e6
     );
 
-    let parquet = FormatConversion {
-        schema: TableSchema::from_columns(NESTED.iter().copied()).unwrap(),
-        deserializer: Deserializer::default(),
-        output: OutputFormat::Parquet(ParquetOptions::default()),
-    };
-    let orc = FormatConversion {
-        schema: TableSchema::from_columns(FLAT.iter().copied()).unwrap(),
-        deserializer: Deserializer::default(),
-        output: OutputFormat::Orc(OrcOptions::default()),
-    };
-
-    let formats = std::env::var("SPILLWAY_BENCH_FORMATS").unwrap_or_else(|_| "parquet,orc".into());
-    for (title, ours, ext, reference) in [
-        (
-            "JSON → Parquet (snappy)",
-            &parquet,
-            "parquet",
-            "DuckDB 1.5.5 COPY",
-        ),
+    let me = std::env::current_exe().expect("the bench binary");
+    for (title, ext, reference) in [
+        ("JSON → Parquet (snappy)", "parquet", "DuckDB 1.5.5 COPY"),
         (
             "JSON → ORC (snappy)",
-            &orc,
             "orc",
             "pyarrow 26 read_json + orc.write_table",
         ),
@@ -243,32 +256,31 @@ fn main() {
         }
         let mut rows = Vec::new();
         for &threads in &thread_counts {
-            let before = vm_hwm_mib();
-            let mut times = Vec::new();
-            for _ in 0..runs {
-                let (secs, n) = spillway_run(&input, dir.path(), threads, ours, ext);
-                assert_eq!(n as usize, records);
-                times.push(secs);
-            }
-            rows.push(Row {
-                tool: "spillway".into(),
-                threads,
-                secs: median(times),
-                rss_mib: vm_hwm_mib() - before,
-            });
+            let spec = format!(
+                "{ext},{threads},{},{}",
+                input.display(),
+                dir.path().display()
+            );
+            let ours: Vec<(f64, f64)> = (0..runs)
+                .map(|_| measured(Command::new(&me).env("SPILLWAY_BENCH_CHILD", &spec)))
+                .collect();
             let out = dir.path().join(format!("reference.{ext}"));
             let code = if ext == "parquet" {
                 duckdb_code(&input, &out, threads)
             } else {
                 pyarrow_orc_code(&input, &out, threads)
             };
-            let results: Vec<(f64, f64)> = (0..runs).map(|_| python_run(&python, &code)).collect();
-            rows.push(Row {
-                tool: reference.into(),
-                threads,
-                secs: median(results.iter().map(|r| r.0).collect()),
-                rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
-            });
+            let theirs: Vec<(f64, f64)> = (0..runs)
+                .map(|_| measured(Command::new(&python).args(["-c", &code])))
+                .collect();
+            for (tool, results) in [("spillway", ours), (reference, theirs)] {
+                rows.push(Row {
+                    tool: tool.into(),
+                    threads,
+                    secs: median(results.iter().map(|r| r.0).collect()),
+                    rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
+                });
+            }
         }
         println!("\n{title}\n");
         println!("| tool | threads | seconds | records/s | MB/s | peak RSS MiB | vs reference |");
