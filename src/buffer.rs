@@ -41,9 +41,9 @@ pub struct ObjectBuffer {
 }
 
 enum Body {
-    Raw(Encoder<Box<dyn ObjectWriter>>),
+    Raw(Box<Encoder<Box<dyn ObjectWriter>>>),
     Columnar {
-        writer: ColumnarWriter<ErrorTap>,
+        writer: Box<ColumnarWriter<ErrorTap>>,
         /// The store's error behind a failed write, which the format writers wrap in their own.
         store_error: Arc<Mutex<Option<io::Error>>>,
         rows: u64,
@@ -73,8 +73,10 @@ impl ObjectBuffer {
                     inner: writer,
                     error: Arc::clone(&store_error),
                 };
-                let writer = ColumnarWriter::new(tap, conversion)
-                    .map_err(|e| format_error(&key, &store_error, e))?;
+                let writer = Box::new(
+                    ColumnarWriter::new(tap, conversion)
+                        .map_err(|e| format_error(&key, &store_error, e))?,
+                );
                 Body::Columnar {
                     writer,
                     store_error,
@@ -93,7 +95,7 @@ impl ObjectBuffer {
                         key: key.clone(),
                         source,
                     })?;
-                Body::Raw(encoder)
+                Body::Raw(Box::new(encoder))
             }
         };
         Ok(ObjectBuffer {
@@ -180,7 +182,7 @@ impl ObjectBuffer {
         let mut objects = Vec::with_capacity(2);
         match self.body {
             Body::Raw(encoder) => {
-                let writer = encoder
+                let writer = (*encoder)
                     .finish()
                     .map_err(|source| SinkError::from_io("finish compression of", &key, source))?;
                 objects.push((key, writer));

@@ -455,8 +455,7 @@ fn value(
         }
         (ColumnType::Decimal { precision, scale }, b'-' | b'0'..=b'9') => {
             let (text, _) = p.number()?;
-            let v =
-                parse_decimal(text, *precision, *scale).map_err(|reason| value_error(reason))?;
+            let v = parse_decimal(text, *precision, *scale).map_err(value_error)?;
             if let ColumnBuilder::Decimal(l, _) = col {
                 l.push(v);
             }
