@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use super::columnar::{BatchBuilder, ColumnBuilder};
-use super::deserializer::{parse_date, parse_decimal, ConversionError, Deserializer};
+use super::deserializer::{check_int, parse_date, parse_decimal, ConversionError, Deserializer};
 use super::schema::{ColumnType, TableSchema};
 use super::timestamp::{parse_hive_str, parse_openx_str};
 
@@ -383,15 +383,7 @@ fn value(
             let (text, integer) = p.number()?;
             match (integer, text.parse::<i64>()) {
                 (true, Ok(i)) => {
-                    let (lo, hi) = match ty {
-                        ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
-                        ColumnType::SmallInt => (i16::MIN as i64, i16::MAX as i64),
-                        ColumnType::Int => (i32::MIN as i64, i32::MAX as i64),
-                        _ => (i64::MIN, i64::MAX),
-                    };
-                    if !(lo..=hi).contains(&i) {
-                        return Err(value_error(format!("{i} is out of range for {ty}")));
-                    }
+                    let i = check_int(i, ty).map_err(value_error)?;
                     if let ColumnBuilder::Int(l, _) = col {
                         l.push(i);
                     }

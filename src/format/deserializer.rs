@@ -171,16 +171,7 @@ impl Deserializer {
                     }
                     _ => return Err(mismatch()),
                 };
-                let (lo, hi) = match ty {
-                    ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
-                    ColumnType::SmallInt => (i16::MIN as i64, i16::MAX as i64),
-                    ColumnType::Int => (i32::MIN as i64, i32::MAX as i64),
-                    _ => (i64::MIN, i64::MAX),
-                };
-                if !(lo..=hi).contains(&i) {
-                    return Err(fail(format!("{i} is out of range for {ty}")));
-                }
-                Cell::Int(i)
+                Cell::Int(check_int(i, ty).map_err(fail)?)
             }
             ColumnType::Float | ColumnType::Double => match v {
                 Value::Number(n) => Cell::Float(n.as_f64().ok_or_else(mismatch)?),
@@ -306,6 +297,21 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// Checks that `i` fits the integer column type `ty` (tinyint, smallint, int or bigint).
+pub(crate) fn check_int(i: i64, ty: &ColumnType) -> Result<i64, String> {
+    let (lo, hi) = match ty {
+        ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
+        ColumnType::SmallInt => (i16::MIN as i64, i16::MAX as i64),
+        ColumnType::Int => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    };
+    if (lo..=hi).contains(&i) {
+        Ok(i)
+    } else {
+        Err(format!("{i} is out of range for {ty}"))
     }
 }
 
