@@ -306,6 +306,49 @@ pub enum OrcCodec {
     Zstd,
 }
 
+/// Each column must read its own JSON key: a mapping that names no column, or that makes two
+/// columns read the same key, is an error (one of them would silently stay null).
+fn check_mappings(o: &OpenxConfig, schema: &TableSchema) -> Result<(), String> {
+    let fold = |k: &str| {
+        let k = if o.case_insensitive {
+            k.to_lowercase()
+        } else {
+            k.to_string()
+        };
+        if o.convert_dots_in_json_keys_to_underscores {
+            k.replace('.', "_")
+        } else {
+            k
+        }
+    };
+    for column in o.column_to_json_key_mappings.keys() {
+        if !schema
+            .columns
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(column))
+        {
+            return Err(format!(
+                "column_to_json_key_mappings names column {column:?}, which is not in the schema"
+            ));
+        }
+    }
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for c in &schema.columns {
+        let key = o
+            .column_to_json_key_mappings
+            .iter()
+            .find(|(col, _)| col.eq_ignore_ascii_case(&c.name))
+            .map_or(c.name.as_str(), |(_, key)| key.as_str());
+        if let Some(other) = seen.insert(fold(key), &c.name) {
+            return Err(format!(
+                "columns {other:?} and {:?} would both read the JSON key {key:?}; map one of them to another key",
+                c.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl FormatConversionConfig {
     /// Reads the schema file, if the schema names one (a relative path is relative to `base`, the
     /// configuration file's directory, so a configuration and its schemas move together), so that
@@ -346,6 +389,11 @@ impl FormatConversionConfig {
                 ));
             }
             _ => {}
+        }
+        if let (DeserializerConfig::Openx(o), Some(columns)) =
+            (&self.deserializer, &self.schema.columns)
+        {
+            check_mappings(o, &columns.0).map_err(|e| ("deserializer", e))?;
         }
         match self.output {
             OutputKind::Parquet if self.orc.is_some() => {
@@ -593,6 +641,8 @@ mod tests {
             ("output: orc\nschema: { columns: [ { name: a, type: int } ] }\norc: { row_index_stride: 10000 }\n".into(), "", "no row index"),
             ("output: orc\nschema: { columns: [ { name: a, type: int } ] }\norc: { bloom_filter_columns: [a] }\n".into(), "", "no bloom filters"),
             ("output: parquet\nschema: { columns: [ { name: a, type: int } ] }\ndeserializer: { hive: { timestamp_formats: [ \"yyyy-QQ\" ] } }\n".into(), "", "yyyy-QQ"),
+            ("output: parquet\nschema: { columns: [ { name: a, type: int }, { name: b, type: int } ] }\ndeserializer: { openx: { column_to_json_key_mappings: { a: B } } }\n".into(), "", "both read the JSON key"),
+            ("output: parquet\nschema: { columns: [ { name: a, type: int } ] }\ndeserializer: { openx: { column_to_json_key_mappings: { zz: x } } }\n".into(), "", "not in the schema"),
         ] {
             let err = parse(&config(&fc, extra)).unwrap_err();
             assert!(err.contains(want), "{fc} {extra}: {err}");

@@ -263,6 +263,13 @@ impl Deserializer {
                         }
                         Err(e) => return Err(e),
                     };
+                    // Parquet and ORC map keys cannot be null (`{"null": 1}` in a map<int,…>).
+                    if key == Cell::Null {
+                        return Err(ConversionError {
+                            path: key_path,
+                            reason: format!("map key {k:?} is null, and map keys cannot be"),
+                        });
+                    }
                     out.push((key, self.cell(x, value_ty, &key_path)?));
                 }
                 Cell::Map(out)
@@ -356,7 +363,9 @@ pub(crate) fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128
         }
     }
     if keep >= 0 && all.get(keep as usize).is_some_and(|&d| d >= 5) {
-        value += 1;
+        value = value
+            .checked_add(1)
+            .ok_or_else(|| format!("{text} does not fit decimal({precision},{scale})"))?;
     }
     if value >= 10i128.pow(precision as u32) {
         return Err(format!("{text} does not fit decimal({precision},{scale})"));
@@ -381,6 +390,15 @@ pub(crate) fn parse_date(s: &str) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimal_rounding_at_the_i128_edge_is_an_error_not_an_overflow() {
+        let text = "170141183460469231731687303715884105727.5";
+        assert!(parse_decimal(text, 38, 0).is_err());
+        assert!(parse_decimal("99999999999999999999999999999999999999.5", 38, 0).is_err());
+        assert_eq!(parse_decimal("9.994", 3, 2), Ok(999));
+        assert!(parse_decimal("9.995", 3, 2).is_err());
+    }
+
     use super::*;
     use serde_json::json;
 
