@@ -59,6 +59,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("records {first}..={last} are missing from the log")]
     Missing { first: u64, last: u64 },
+    #[error("delivery panicked (a bug; please report it): {0}")]
+    Panicked(String),
 }
 
 /// One (delivery stream, shard) consumer.
@@ -102,7 +104,20 @@ impl Pipeline {
     pub fn run(self) {
         let mut backoff = Backoff::new();
         loop {
-            match self.deliver(&mut backoff) {
+            // A panic (a bug) must not end delivery for the shard silently: it is logged and the
+            // object is replayed from the checkpoint like any other failure.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.deliver(&mut backoff)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(PipelineError::Panicked(what))
+            });
+            match outcome {
                 Ok(()) => return,
                 Err(e) => {
                     let wait = backoff.next();
