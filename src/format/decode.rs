@@ -9,8 +9,8 @@
 //! property test checks that they do on generated records. A record that fails anywhere is cut off
 //! every column again, so a batch holds only whole records.
 //!
-//! When a key occurs twice in an object (after case folding), the last occurrence wins (each must
-//! still be valid), and a map keeps its entries in record order. A record with several bad values is
+//! When a key occurs twice in an object (after case folding), the last occurrence wins, and a map
+//! keeps its entries in record order. A record with several bad values is
 //! reported with the first of them in the record.
 
 use serde_json::Value;
@@ -281,6 +281,8 @@ fn object(
         seen_more.resize(fields.keys.len(), false);
     }
     let mut hint = 0;
+    // Values that did not fit, by column, in record order (a later duplicate key may replace one).
+    let mut pending: Vec<(usize, Failure)> = Vec::new();
     p.ws();
     if p.peek() == Some(b'}') {
         p.i += 1;
@@ -314,23 +316,34 @@ fn object(
                         columns[i].truncate(row);
                     }
                     let name = &fields.names[i];
-                    value(
+                    let start = p.i;
+                    match value(
                         p,
                         d,
                         &fields.types[i],
                         fields.nested[i].as_ref(),
                         &mut columns[i],
                         scratch,
-                    )
-                    .map_err(|e| {
-                        e.within(|| {
-                            if top {
-                                name.clone()
-                            } else {
-                                format!(".{name}")
-                            }
-                        })
-                    })?;
+                    ) {
+                        Ok(()) => pending.retain(|(c, _)| *c != i),
+                        Err(e @ Failure::Value(_)) => {
+                            // A later occurrence of the key may still replace this value: keep
+                            // the error until the object ends.
+                            p.i = start;
+                            p.skip_value(0)?;
+                            columns[i].truncate(row);
+                            pending.retain(|(c, _)| *c != i);
+                            let e = e.within(|| {
+                                if top {
+                                    name.clone()
+                                } else {
+                                    format!(".{name}")
+                                }
+                            });
+                            pending.push((i, e));
+                        }
+                        Err(syntax) => return Err(syntax),
+                    }
                     hint = i + 1;
                 }
             }
@@ -341,6 +354,9 @@ fn object(
                 _ => return Err(p.syntax("expected ',' or '}' in an object")),
             }
         }
+    }
+    if let Some((_, e)) = pending.into_iter().next() {
+        return Err(e);
     }
     for (i, c) in columns.iter_mut().enumerate() {
         let was = if wide {
