@@ -116,13 +116,12 @@ impl ObjectBuffer {
     /// Appends a record: its data and the delimiter, or its rows when converting (a record that
     /// does not fit the schema goes to this object's error object instead).
     pub fn push(&mut self, record: &LogRecord) -> Result<(), SinkError> {
-        let settings = Arc::clone(&self.settings);
-        let delimiter = &settings.delimiter;
         let mut failed = None;
         match &mut self.body {
             Body::Raw(encoder) => {
                 let io = |source| SinkError::from_io("write", &self.key, source);
                 encoder.write_all(&record.data).map_err(io)?;
+                let delimiter = &self.settings.delimiter;
                 if !delimiter.is_empty() {
                     encoder.write_all(delimiter).map_err(io)?;
                 }
@@ -141,7 +140,7 @@ impl ObjectBuffer {
             self.reject(record, &e)?;
         }
         self.last = record.sequence;
-        self.raw_bytes += (record.data.len() + delimiter.len()) as u64;
+        self.raw_bytes += (record.data.len() + self.settings.delimiter.len()) as u64;
         self.records += 1;
         Ok(())
     }

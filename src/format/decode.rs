@@ -73,15 +73,7 @@ impl Fields {
             quoted,
             keys,
             types: members.iter().map(|(_, t)| t.clone()).collect(),
-            nested: members
-                .iter()
-                .map(|(_, t)| match t {
-                    ColumnType::Struct(m) => Some(Fields::new(m, d, false)),
-                    ColumnType::Array(item) => nested_fields(item, d),
-                    ColumnType::Map(_, v) => nested_fields(v, d),
-                    _ => None,
-                })
-                .collect(),
+            nested: members.iter().map(|(_, t)| nested_fields(t, d)).collect(),
             names: members.iter().map(|(n, _)| n.clone()).collect(),
         }
     }
@@ -103,22 +95,13 @@ impl Fields {
     }
 }
 
-/// Struct fields of an array's items or a map's values, however deeply nested in arrays and maps.
+/// The struct fields of a struct, or of an array's items or a map's values however deeply nested.
 fn nested_fields(ty: &ColumnType, d: &Deserializer) -> Option<Fields> {
     match ty {
         ColumnType::Struct(m) => Some(Fields::new(m, d, false)),
         ColumnType::Array(item) => nested_fields(item, d),
         ColumnType::Map(_, v) => nested_fields(v, d),
         _ => None,
-    }
-}
-
-fn case_insensitive(d: &Deserializer) -> bool {
-    match d {
-        Deserializer::OpenX {
-            case_insensitive, ..
-        } => *case_insensitive,
-        Deserializer::Hive { .. } => true,
     }
 }
 
@@ -133,7 +116,7 @@ fn dots(d: &Deserializer) -> bool {
 }
 
 fn fold(d: &Deserializer, b: u8) -> u8 {
-    let b = if case_insensitive(d) {
+    let b = if d.case_insensitive() {
         b.to_ascii_lowercase()
     } else {
         b
@@ -348,10 +331,8 @@ fn object(
                 }
             }
             p.ws();
-            match p.next() {
-                Some(b',') => continue,
-                Some(b'}') => break,
-                _ => return Err(p.syntax("expected ',' or '}' in an object")),
+            if !p.more(b'}')? {
+                break;
             }
         }
     }
@@ -506,10 +487,8 @@ fn value(
                         .map_err(|e| e.within(|| format!("[{n}]")))?;
                     n += 1;
                     p.ws();
-                    match p.next() {
-                        Some(b',') => continue,
-                        Some(b']') => break,
-                        _ => return Err(p.syntax("expected ',' or ']' in an array")),
+                    if !p.more(b']')? {
+                        break;
                     }
                 }
             }
@@ -567,10 +546,8 @@ fn value(
                     value(p, d, value_ty, nested, values, scratch)
                         .map_err(|e| e.within(|| format!("[{k:?}]")))?;
                     p.ws();
-                    match p.next() {
-                        Some(b',') => continue,
-                        Some(b'}') => break,
-                        _ => return Err(p.syntax("expected ',' or '}' in an object")),
+                    if !p.more(b'}')? {
+                        break;
                     }
                 }
             }
@@ -641,6 +618,16 @@ impl<'a> Parser<'a> {
         let c = self.peek()?;
         self.i += 1;
         Some(c)
+    }
+
+    /// After an item of an object or array: `true` at a comma (more items follow), `false` at
+    /// `close` (the container ends), an error otherwise.
+    fn more(&mut self, close: u8) -> Parsed<bool> {
+        match self.next() {
+            Some(b',') => Ok(true),
+            Some(c) if c == close => Ok(false),
+            _ => Err(self.syntax(&format!("expected ',' or '{}'", close as char))),
+        }
     }
 
     #[inline]
@@ -838,10 +825,8 @@ impl<'a> Parser<'a> {
                     self.ws();
                     self.skip_value(depth + 1)?;
                     self.ws();
-                    match self.next() {
-                        Some(b',') => continue,
-                        Some(b'}') => break,
-                        _ => return Err(self.syntax("expected ',' or '}' in an object")),
+                    if !self.more(b'}')? {
+                        break;
                     }
                 }
             }
@@ -856,10 +841,8 @@ impl<'a> Parser<'a> {
                     self.ws();
                     self.skip_value(depth + 1)?;
                     self.ws();
-                    match self.next() {
-                        Some(b',') => continue,
-                        Some(b']') => break,
-                        _ => return Err(self.syntax("expected ',' or ']' in an array")),
+                    if !self.more(b']')? {
+                        break;
                     }
                 }
             }

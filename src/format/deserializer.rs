@@ -99,7 +99,8 @@ impl Deserializer {
             .collect()
     }
 
-    fn case_insensitive(&self) -> bool {
+    /// Whether keys match columns ignoring case (Hive always does).
+    pub(crate) fn case_insensitive(&self) -> bool {
         match self {
             Deserializer::OpenX {
                 case_insensitive, ..

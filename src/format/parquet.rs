@@ -99,10 +99,7 @@ impl<W: Write + Send> ParquetFileWriter<W> {
     /// Appends one converted row.
     pub fn push(&mut self, row: &[Cell]) -> parquet::errors::Result<()> {
         self.batch.push(row);
-        if self.batch.len() >= BATCH_ROWS || self.batch.bytes() >= self.batch_bytes {
-            self.write_batch()?;
-        }
-        Ok(())
+        self.write_if_full()
     }
 
     /// The batch being filled, for the decoder; call [`Self::write_if_full`] after appending.
