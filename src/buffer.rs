@@ -20,11 +20,12 @@ use crate::error_output::{ErrorWriter, Failure};
 use crate::format::{
     ColumnarWriter, ConversionError, FormatError, PushError, FORMAT_CONVERSION_FAILED,
 };
-use crate::log::{LogRecord, SequenceNumber, ShardId};
+use crate::log::{SequenceNumber, ShardId};
 use crate::pipeline::DeliverySettings;
+use crate::process::Record;
 use crate::sink::{ObjectStore, ObjectWriter, SinkError};
 
-/// An object being filled with records `first..=last`.
+/// An object being filled with records `first..=last` (of one partition).
 pub struct ObjectBuffer {
     pub first: SequenceNumber,
     pub last: SequenceNumber,
@@ -38,9 +39,14 @@ pub struct ObjectBuffer {
     settings: Arc<DeliverySettings>,
     store: Arc<dyn ObjectStore>,
     shard: ShardId,
+    /// The partition's identity ("" without dynamic partitioning), part of error object ids.
+    partition: String,
 }
 
 enum Body {
+    /// An error object: one error document per record, with the record's failure or, for a data
+    /// partition diverted to the error output, this one.
+    Errors(Box<ErrorWriter>, Option<Failure>),
     Raw(Box<Encoder<Box<dyn ObjectWriter>>>),
     Columnar {
         writer: Box<ColumnarWriter<ErrorTap>>,
@@ -62,8 +68,9 @@ impl ObjectBuffer {
         settings: Arc<DeliverySettings>,
         store: Arc<dyn ObjectStore>,
         shard: ShardId,
+        partition: &str,
         key: String,
-        first: &LogRecord,
+        first: &Record,
     ) -> Result<ObjectBuffer, SinkError> {
         let writer = store.create(&key)?;
         let body = match &settings.conversion {
@@ -98,7 +105,44 @@ impl ObjectBuffer {
                 Body::Raw(Box::new(encoder))
             }
         };
-        Ok(ObjectBuffer {
+        Ok(ObjectBuffer::new(
+            settings, store, shard, partition, key, first, body,
+        ))
+    }
+
+    /// Starts an error object under `key`: an error partition's (each record comes with its
+    /// failure), or, with `failure`, a data partition's whose object the store refused for good.
+    pub fn open_errors(
+        settings: Arc<DeliverySettings>,
+        store: Arc<dyn ObjectStore>,
+        shard: ShardId,
+        partition: &str,
+        key: String,
+        first: &Record,
+        failure: Option<Failure>,
+    ) -> Result<ObjectBuffer, SinkError> {
+        let writer = Box::new(settings.errors.create(&*store, &key)?);
+        Ok(ObjectBuffer::new(
+            settings,
+            store,
+            shard,
+            partition,
+            key,
+            first,
+            Body::Errors(writer, failure),
+        ))
+    }
+
+    fn new(
+        settings: Arc<DeliverySettings>,
+        store: Arc<dyn ObjectStore>,
+        shard: ShardId,
+        partition: &str,
+        key: String,
+        first: &Record,
+        body: Body,
+    ) -> ObjectBuffer {
+        ObjectBuffer {
             first: first.sequence,
             last: first.sequence,
             raw_bytes: 0,
@@ -110,14 +154,27 @@ impl ObjectBuffer {
             settings,
             store,
             shard,
-        })
+            partition: partition.to_string(),
+        }
+    }
+
+    fn count(&mut self, record: &Record) {
+        self.last = record.sequence;
+        self.raw_bytes += (record.data.len() + self.settings.delimiter.len()) as u64;
+        self.records += 1;
     }
 
     /// Appends a record: its data and the delimiter, or its rows when converting (a record that
-    /// does not fit the schema goes to this object's error object instead).
-    pub fn push(&mut self, record: &LogRecord) -> Result<(), SinkError> {
+    /// does not fit the schema goes to this object's error object instead), or, in an error
+    /// object, its error document with `failure` (or the object's own failure).
+    pub fn push(&mut self, record: &Record, failure: Option<&Failure>) -> Result<(), SinkError> {
         let mut failed = None;
         match &mut self.body {
+            Body::Errors(writer, own) => {
+                if let Some(f) = failure.or(own.as_ref()) {
+                    writer.push(record, f)?;
+                }
+            }
             Body::Raw(encoder) => {
                 let io = |source| SinkError::from_io("write", &self.key, source);
                 encoder.write_all(&record.data).map_err(io)?;
@@ -139,13 +196,11 @@ impl ObjectBuffer {
         if let Some(e) = failed {
             self.reject(record, &e)?;
         }
-        self.last = record.sequence;
-        self.raw_bytes += (record.data.len() + self.settings.delimiter.len()) as u64;
-        self.records += 1;
+        self.count(record);
         Ok(())
     }
 
-    fn reject(&mut self, record: &LogRecord, error: &ConversionError) -> Result<(), SinkError> {
+    fn reject(&mut self, record: &Record, error: &ConversionError) -> Result<(), SinkError> {
         let failure = Failure {
             output_type: FORMAT_CONVERSION_FAILED,
             code: if error.path == "$" {
@@ -157,12 +212,20 @@ impl ObjectBuffer {
             attempts: 1,
         };
         if self.rejected.is_none() {
-            let key = self.settings.errors.key(&failure, self.shard, record);
+            let key = self
+                .settings
+                .errors
+                .key(&failure, self.shard, &self.partition, record);
             let writer = self.settings.errors.create(&*self.store, &key)?;
             self.rejected = Some(Rejected { key, writer });
         }
         let rejected = self.rejected.as_mut().expect("just set");
         rejected.writer.push(record, &failure)
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Whether the size hint is reached.
@@ -180,6 +243,7 @@ impl ObjectBuffer {
         let key = self.key;
         let mut objects = Vec::with_capacity(2);
         match self.body {
+            Body::Errors(writer, _) => objects.push((key, writer.into_inner())),
             Body::Raw(encoder) => {
                 let writer = (*encoder)
                     .finish()

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use crate::config::{Config, DeliveryStreamConfig, Destination, LakeUrl, Source};
 use crate::ingest::{self, Endpoint, IngestStream, StreamInfo, Streams};
 use crate::log::{now_ms, CheckpointStore, StreamLog};
+use crate::partition::Partitioner;
 use crate::pipeline::{DeliverySettings, Pipeline};
+use crate::process::Processors;
 use crate::sink::{LocalStore, ObjectStore, S3Store};
 
 /// How often sealed segments are checked against retention.
@@ -174,6 +176,8 @@ async fn destination(
             .level(s3.compression_level)
             .map_err(anyhow::Error::msg)?,
         prefix: s3.prefix.clone(),
+        time_zone: s3.custom_time_zone.clone(),
+        file_extension: s3.file_extension.clone(),
         errors: crate::error_output::ErrorOutput {
             prefix: s3
                 .error_prefix()
@@ -181,12 +185,24 @@ async fn destination(
             stream: ds.name.to_string(),
             version: 1,
             instance: instance.to_string(),
+            time_zone: s3.custom_time_zone.clone(),
         },
         conversion: s3
             .conversion()
             .map(|fc| fc.settings())
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        processors: Processors::from_config(&ds.processing),
+        partitioner: s3.partitioning().map(|_| {
+            Partitioner::new(
+                s3.prefix.clone(),
+                ds.metadata_query().map(|q| Arc::clone(&q.query)),
+            )
+        }),
+        max_active_partitions: s3
+            .partitioning()
+            .map_or(usize::MAX, |d| d.max_active_partitions as usize),
+        routing: ds.routing_fingerprint(),
     });
     let compression = s3.compression.firehose_name();
     let mut description = serde_json::json!({
@@ -200,6 +216,29 @@ async fn destination(
     });
     if let Some(fc) = &s3.format_conversion {
         description["DataFormatConversionConfiguration"] = fc.describe();
+    }
+    if let Some(zone) = &s3.custom_time_zone {
+        description["CustomTimeZone"] = zone.name().into();
+    }
+    if let Some(extension) = &s3.file_extension {
+        description["FileExtension"] = extension.as_str().into();
+    }
+    if s3.partitioning().is_some() {
+        description["DynamicPartitioningConfiguration"] = serde_json::json!({
+            "Enabled": true,
+            "RetryOptions": {"DurationInSeconds": s3.retry.duration_s},
+        });
+        description["ErrorOutputPrefix"] = s3
+            .error_output_prefix
+            .as_ref()
+            .map(|p| p.as_configured().to_string())
+            .into();
+    }
+    if !ds.processing.is_empty() {
+        description["ProcessingConfiguration"] = serde_json::json!({
+            "Enabled": true,
+            "Processors": ds.processing.iter().map(|p| p.describe()).collect::<Vec<_>>(),
+        });
     }
     Ok((settings, store, description))
 }

@@ -13,14 +13,17 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::format::FORMAT_CONVERSION_FAILED;
-use crate::log::{now_ms, LogRecord, ShardId};
+use crate::log::{now_ms, ShardId};
 use crate::prefix::{self, PrefixTemplate};
+use crate::process::Record;
 use crate::sink::{ObjectStore, ObjectWriter, SinkError};
 use crate::time::UtcDateTime;
 
 /// Error output type of records an S3-compatible store permanently rejected (Spillway's own type,
 /// named like Firehose's `http-endpoint-failed`; Firehose retries S3 instead).
 pub const S3_FAILED: &str = "s3-failed";
+/// Error output type of records beyond `max_active_partitions` (Firehose's name).
+pub const ACTIVE_PARTITION_EXCEEDED: &str = "activePartitionExceeded";
 
 /// Why a run of records failed.
 #[derive(Debug, Clone)]
@@ -79,18 +82,30 @@ pub struct ErrorOutput {
     pub stream: String,
     pub version: u32,
     pub instance: String,
+    /// Time zone of the error prefix's timestamps and the object names; `None` is UTC.
+    pub time_zone: Option<crate::time::TimeZone>,
 }
 
 impl ErrorOutput {
-    /// The key of the error object holding records of `shard` from `first` on.
-    pub fn key(&self, failure: &Failure, shard: ShardId, first: &LogRecord) -> String {
-        let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
-        let id = prefix::object_id(
-            &self.instance,
-            &format!("{}\0{}", self.stream, failure.output_type),
-            shard.0,
-            first.sequence.0,
+    /// The key of the error object holding records of `shard` from `first` on, for the data
+    /// partition `partition` ("" without dynamic partitioning) or an error partition.
+    pub fn key(
+        &self,
+        failure: &Failure,
+        shard: ShardId,
+        partition: &str,
+        first: &Record,
+    ) -> String {
+        let at = self.time_zone.as_ref().map_or_else(
+            || UtcDateTime::from_epoch_ms(first.arrival_ms),
+            |z| z.calendar(first.arrival_ms),
         );
+        let seed = if partition.is_empty() {
+            format!("{}\0{}", self.stream, failure.output_type)
+        } else {
+            format!("{}\0{}\0{partition}", self.stream, failure.output_type)
+        };
+        let id = prefix::object_id(&self.instance, &seed, shard.0, first.sequence.0);
         prefix::object_key(
             &self.prefix.render_error(&at, &id, failure.output_type),
             &self.stream,
@@ -120,7 +135,7 @@ pub struct ErrorWriter {
 
 impl ErrorWriter {
     /// Appends the error document of one record.
-    pub fn push(&mut self, record: &LogRecord, failure: &Failure) -> Result<(), SinkError> {
+    pub fn push(&mut self, record: &Record, failure: &Failure) -> Result<(), SinkError> {
         self.line.clear();
         let raw_data = base64_simd::STANDARD.encode_to_string(&record.data);
         let written = if failure.output_type == FORMAT_CONVERSION_FAILED {
@@ -134,7 +149,7 @@ impl ErrorWriter {
                     attempt_ending_timestamp: now_ms(),
                     raw_data,
                     sequence_number: record.sequence.0.to_string(),
-                    sub_sequence_number: 0,
+                    sub_sequence_number: record.sub.into(),
                     data_catalog_table: DataCatalogTable::default(),
                 },
             )

@@ -1,7 +1,8 @@
 //! Spillway: a self-hosted delivery daemon compatible with Amazon Data Firehose.
 //!
 //! Data path, one module per box: [`ingest`] (Direct PUT endpoint) → [`log`] (durable shard log) →
-//! [`pipeline`] (one consumer per delivery stream and shard) → [`buffer`] (object being filled,
+//! [`pipeline`] (one consumer per delivery stream and shard) → [`process`] (decompression,
+//! deaggregation) → [`partition`] (dynamic partitioning) → [`buffer`] (object being filled,
 //! [`compression`] streamed) → [`sink`] (object store), named by [`prefix`]. [`config`] reads the YAML
 //! file; [`daemon`] wires it all together.
 
@@ -14,7 +15,9 @@ pub mod format;
 pub mod fs;
 pub mod ingest;
 pub mod log;
+pub mod partition;
 pub mod pipeline;
 pub mod prefix;
+pub mod process;
 pub mod sink;
 pub mod time;

@@ -1,12 +1,30 @@
-//! A delivery stream's consumer of one shard: read → process → buffer → deliver → checkpoint.
+//! A delivery stream's consumer of one shard: read → process → partition → buffer → deliver →
+//! checkpoint.
 //!
-//! Exactly-once protocol. Before committing an object the pipeline durably records, in its checkpoint,
-//! the object's record range and key (the "in-flight" object); after the store confirms, it moves the
-//! checkpoint past the range. After a crash, or after any delivery error, the pipeline rewinds to the
-//! checkpoint and rebuilds the in-flight object from the log with exactly the same records, so it lands
-//! under the same key with the same bytes, replacing whatever a partial attempt left. Keys and the
-//! content are pure functions of the records, so the store ends up with each record exactly once.
+//! Every record's way is a pure function of the log record and the configuration: the processors
+//! make the same sub-records of it, and each goes to the same partition (an evaluated prefix, "" when
+//! the stream is not partitioned) or error partition (one per error output type). A partition has at
+//! most one open object at a time; objects close when their size or interval hint is reached.
+//!
+//! Exactly-once protocol. The checkpoint holds a low-water mark `next` (everything before it is
+//! delivered) and the objects of the partitions above it ([`ObjectEntry`]): for each, its partition,
+//! record range, the position at which it was closed, its keys and whether it is in flight,
+//! delivered or diverted to the error output. Before committing objects the pipeline durably
+//! records them as in flight; after the store confirms, as delivered. After a crash, or any delivery
+//! error, the pipeline replays from `next` and, until it has passed every recorded object's close
+//! position, it does exactly what the interrupted run did: a partition whose object is delivered is
+//! open as a "ghost" over that object's range and its records are skipped; an object in flight is
+//! rebuilt from the same records and closed at the same position, so it lands under the same key
+//! with the same content; and active partitions are counted the same way, so records beyond
+//! `max_active_partitions` go to the same place. Time-based closes are suspended until then. Keys
+//! and contents are pure functions of the records, so the store ends up with each record exactly
+//! once (Kafka Connect S3 uses the same idea: deterministic names from the first offset).
+//!
+//! A change of the routing configuration (processors, prefix, partitioning) between a crash and the
+//! restart invalidates the recorded objects: they are deleted and their records delivered again
+//! under the new configuration, so readers still see each record once.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,21 +32,24 @@ use std::time::Duration;
 use crate::buffer::ObjectBuffer;
 use crate::compression::Compression;
 use crate::config::BufferingHints;
-use crate::error_output::{ErrorOutput, Failure, S3_FAILED};
+use crate::error_output::{ErrorOutput, Failure, ACTIVE_PARTITION_EXCEEDED, S3_FAILED};
 use crate::format::FormatConversion;
-use crate::log::SequenceNumber;
 use crate::log::{
-    Checkpoint, CheckpointStore, InFlightObject, LogError, LogRecord, ShardLog, StartingPosition,
-    MAX_READ_RECORDS,
+    Checkpoint, CheckpointStore, LogError, LogRecord, ObjectEntry, ObjectState, SequenceNumber,
+    ShardLog, StartingPosition, MAX_READ_RECORDS,
 };
-use crate::prefix::{self, PrefixTemplate};
+use crate::partition::Partitioner;
+use crate::prefix::{self, PartitionKeys, PrefixTemplate};
+use crate::process::{Outcome, Processors, Record};
 use crate::sink::{ObjectStore, SinkError};
-use crate::time::UtcDateTime;
+use crate::time::{TimeZone, UtcDateTime};
 
 /// Bytes read from the log per step (the pipeline's read buffer).
 const READ_BYTES: usize = 1 << 20;
 /// Longest a pipeline sleeps before it looks at the drain flag again.
 const POLL: Duration = Duration::from_millis(100);
+/// Error partitions are named apart from data partitions, whose ids never start with this.
+const ERROR_PARTITION: &str = "!error/";
 
 /// What a delivery stream does with the records of its shards.
 #[derive(Debug, Clone)]
@@ -44,10 +65,21 @@ pub struct DeliverySettings {
     /// The effective compression level (see `Compression::level`).
     pub compression_level: Option<u32>,
     pub prefix: PrefixTemplate,
+    /// Time zone of the prefix's timestamps; `None` is UTC.
+    pub time_zone: Option<TimeZone>,
+    /// Object extension instead of the compression's or format's (Firehose `FileExtension`).
+    pub file_extension: Option<String>,
     /// Where permanently rejected records go.
     pub errors: ErrorOutput,
     /// JSON → Parquet / ORC conversion, if on (then `compression` is none).
     pub conversion: Option<FormatConversion>,
+    /// Decompression and deaggregation.
+    pub processors: Processors,
+    /// Dynamic partitioning, if on, and its limit on partitions open at once per shard.
+    pub partitioner: Option<Partitioner>,
+    pub max_active_partitions: usize,
+    /// Fingerprint of everything that decides which records go to which object.
+    pub routing: String,
 }
 
 /// Errors that interrupt delivery; the pipeline backs off and replays from its checkpoint.
@@ -57,8 +89,8 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("records {first}..={last} are missing from the log")]
-    Missing { first: u64, last: u64 },
+    #[error("the store refused an object of partition {partition:?} for good; replaying to write its records to the error output: {error}")]
+    Diverted { partition: String, error: SinkError },
     #[error("delivery panicked (a bug; please report it): {0}")]
     Panicked(String),
 }
@@ -105,9 +137,15 @@ impl Pipeline {
         let mut backoff = Backoff::new();
         loop {
             // A panic (a bug) must not end delivery for the shard silently: it is logged and the
-            // object is replayed from the checkpoint like any other failure.
+            // objects are replayed from the checkpoint like any other failure.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.deliver(&mut backoff)
+                let mut run = Run::start(&self)?;
+                let result = run.deliver(&mut backoff);
+                if run.progressed {
+                    // Objects were delivered before the error: retry soon, not after a long wait.
+                    backoff.reset();
+                }
+                result
             }))
             .unwrap_or_else(|panic| {
                 let what = panic
@@ -120,7 +158,11 @@ impl Pipeline {
             match outcome {
                 Ok(()) => return,
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = match e {
+                        // Nothing to wait for: the replay writes the error output.
+                        PipelineError::Diverted { .. } => Duration::ZERO,
+                        _ => backoff.next(),
+                    };
                     tracing::warn!(stream = %self.settings.name, shard = %self.shard.id(), error = %e,
                         retry_in_ms = wait.as_millis() as u64, "delivery failed; replaying from checkpoint");
                     std::thread::sleep(wait);
@@ -137,256 +179,582 @@ impl Pipeline {
             .load(s, s, self.shard.id())?
             .unwrap_or(Checkpoint {
                 next: horizon.0,
-                in_flight: None,
+                ..Checkpoint::default()
             });
         if ck.next < horizon.0 {
             tracing::error!(stream = %s, shard = %self.shard.id(), checkpoint = ck.next, oldest = horizon.0,
                 "records before the oldest retained one expired undelivered; continuing from the oldest");
             return Ok(Checkpoint {
                 next: horizon.0,
-                in_flight: None,
+                ..Checkpoint::default()
             });
         }
         Ok(ck)
     }
+}
 
-    fn deliver(&self, backoff: &mut Backoff) -> Result<(), PipelineError> {
-        let settings = &*self.settings;
-        let ck = self.load_checkpoint()?;
-        self.shard.pin(&settings.name, ck.next_sequence());
-        if ck.next > self.shard.durable_end().0 {
-            tracing::error!(stream = %settings.name, shard = %self.shard.id(), checkpoint = ck.next,
-                durable_end = self.shard.durable_end().0,
+/// A partition's place in the run: an object being filled, or (while replaying) a delivered
+/// object's range whose records are skipped.
+enum Slot {
+    Open {
+        buffer: Box<ObjectBuffer>,
+        /// Rebuilding a recorded object: it closes only at its recorded position.
+        replaying: bool,
+    },
+    Ghost,
+}
+
+impl Slot {
+    fn open(buffer: ObjectBuffer, replaying: bool) -> Slot {
+        Slot::Open {
+            buffer: Box::new(buffer),
+            replaying,
+        }
+    }
+}
+
+/// One pass of delivery: from the checkpoint until drained, or until an error sends the pipeline
+/// back to the checkpoint.
+struct Run<'a> {
+    p: &'a Pipeline,
+    settings: &'a DeliverySettings,
+    slots: HashMap<String, Slot>,
+    /// Data partitions among `slots` (error partitions do not count as active).
+    active: usize,
+    /// The objects above the low-water mark, as in the checkpoint.
+    entries: Vec<ObjectEntry>,
+    /// Recorded closes still to replay: (close position, partition, first), by position.
+    closes: Vec<(u64, String, u64)>,
+    /// Until the run has processed this position it replays what the checkpoint recorded.
+    replay_end: u64,
+    /// The next sequence number to process.
+    processed: u64,
+    scratch: Vec<Outcome>,
+    /// Whether this run delivered an object.
+    progressed: bool,
+}
+
+impl<'a> Run<'a> {
+    fn start(p: &'a Pipeline) -> Result<Run<'a>, PipelineError> {
+        let settings = &*p.settings;
+        let mut ck = p.load_checkpoint()?;
+        p.shard.pin(&settings.name, ck.next_sequence());
+        if ck.next > p.shard.durable_end().0 {
+            tracing::error!(stream = %settings.name, shard = %p.shard.id(), checkpoint = ck.next,
+                durable_end = p.shard.durable_end().0,
                 "the checkpoint is ahead of the log (was the log deleted?); waiting for records to reach it");
         }
-        let mut reader = self
-            .shard
-            .reader(StartingPosition::AtSequenceNumber(ck.next_sequence()))
+        // A checkpoint of an older version (no fingerprint) only ever holds one unpartitioned
+        // object in flight, which a replay handles like any other.
+        if !ck.routing.is_empty() && ck.routing != settings.routing && !ck.objects.is_empty() {
+            tracing::warn!(stream = %settings.name, shard = %p.shard.id(), objects = ck.objects.len(),
+                "routing configuration changed since the last run; delivering the recorded objects' records again under the new one");
+            for key in ck.objects.iter().flat_map(|e| &e.keys) {
+                p.store.delete(key)?;
+            }
+            ck.objects.clear();
+        }
+        let mut run = Run {
+            p,
+            settings,
+            slots: HashMap::new(),
+            active: 0,
+            closes: ck
+                .objects
+                .iter()
+                .map(|e| (e.closed_at, e.partition.clone(), e.first))
+                .collect(),
+            replay_end: ck.objects.iter().map(|e| e.closed_at).max().unwrap_or(0),
+            entries: ck.objects,
+            processed: ck.next,
+            scratch: Vec::new(),
+            progressed: false,
+        };
+        run.closes.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        // Partitions whose delivered object began below the mark were open when the replay starts.
+        for e in &run.entries {
+            if e.first < ck.next && e.state == ObjectState::Delivered && e.closed_at > ck.next {
+                run.active += usize::from(!is_error_partition(&e.partition));
+                run.slots.insert(e.partition.clone(), Slot::Ghost);
+            }
+        }
+        run.save()?;
+        Ok(run)
+    }
+
+    fn replaying(&self) -> bool {
+        self.processed < self.replay_end
+    }
+
+    fn deliver(&mut self, backoff: &mut Backoff) -> Result<(), PipelineError> {
+        let shard = &self.p.shard;
+        let mut reader = shard
+            .reader(StartingPosition::AtSequenceNumber(SequenceNumber(
+                self.processed,
+            )))
             .drop_cache_behind();
-        // While replaying, the object must end exactly where the interrupted one did.
-        let mut boundary = ck.in_flight;
-        let mut open: Option<ObjectBuffer> = None;
+        let mut full = Vec::new();
         loop {
             let batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
             if batch.is_empty() {
-                if let Some(b) = &boundary {
-                    if b.last >= self.shard.durable_end().0 {
-                        // Only possible if the log lost records it had made durable (e.g. files
-                        // removed by hand): deliver what there is instead of waiting forever.
-                        tracing::error!(stream = %settings.name, shard = %self.shard.id(), last = b.last,
-                            "records of the interrupted object are missing from the log");
-                        boundary = None;
-                        continue;
-                    }
+                self.replay_closes(self.processed)?;
+                if self.replaying() && shard.durable_end().0 <= self.processed {
+                    // Only possible if the log lost records it had made durable (e.g. files
+                    // removed by hand): deliver what there is instead of waiting forever.
+                    tracing::error!(stream = %self.settings.name, shard = %shard.id(),
+                        replay_end = self.replay_end, "records of interrupted objects are missing from the log");
+                    self.replay_closes(u64::MAX)?;
+                    self.replay_end = 0;
                 }
-                let draining = self.drain.load(Ordering::Acquire);
-                if let Some(obj) = &open {
-                    let due = obj.time_left(&settings.hints).is_zero();
-                    if boundary.is_none() && (due || draining) {
-                        self.flush(open.take().expect("checked"), &mut boundary)?;
+                let draining = self.p.drain.load(Ordering::Acquire);
+                if !self.replaying() {
+                    let due = self.due(draining);
+                    if !due.is_empty() {
+                        self.close(due)?;
                         backoff.reset();
                         continue;
                     }
-                } else if draining {
+                }
+                if draining && self.slots.is_empty() {
                     return Ok(());
                 }
-                let wait = open
-                    .as_ref()
-                    .map_or(POLL, |o| o.time_left(&settings.hints).min(POLL));
+                let wait = self.time_left().min(POLL);
                 reader.wait(wait.max(Duration::from_millis(1)));
                 continue;
             }
             for record in &batch {
-                let obj = match &mut open {
-                    Some(obj) => obj,
-                    None => open.insert(self.open_object(record)?),
-                };
-                if let Err(e) = obj.push(record) {
-                    if !e.is_permanent() {
-                        return Err(e.into());
-                    }
-                    // The store refused a part of this object for good: its records so far go to
-                    // the error output, and the next record starts a new object.
-                    let first = obj.first.0;
-                    open = None;
-                    self.divert(first, record.sequence.0, &e, &mut boundary)?;
-                    backoff.reset();
-                    continue;
-                }
-                let full = match &boundary {
-                    Some(b) => record.sequence.0 >= b.last,
-                    None => obj.is_full(&settings.hints),
-                };
-                if full {
-                    self.flush(open.take().expect("just used"), &mut boundary)?;
+                self.replay_closes(record.sequence.0)?;
+                self.take(record, &mut full)?;
+                self.processed = record.sequence.0 + 1;
+                if !full.is_empty() {
+                    self.close(std::mem::take(&mut full))?;
                     backoff.reset();
                 }
             }
-            if let Some(obj) = &open {
-                if boundary.is_none() && obj.time_left(&settings.hints).is_zero() {
-                    self.flush(open.take().expect("checked"), &mut boundary)?;
+            if !self.replaying() {
+                let due = self.due(false);
+                if !due.is_empty() {
+                    self.close(due)?;
                     backoff.reset();
                 }
             }
         }
     }
 
-    fn open_object(&self, first: &LogRecord) -> Result<ObjectBuffer, SinkError> {
-        let s = &*self.settings;
-        let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
-        let id = prefix::object_id(&s.instance, &s.name, self.shard.id().0, first.sequence.0);
-        let extension = match &s.conversion {
-            Some(c) => c.output.extension(),
-            None => s.compression.extension(),
-        };
-        let key = prefix::object_key(
-            &s.prefix.render(&at, &id),
-            &s.name,
-            s.version,
-            &at,
-            &id,
-            extension,
-        );
-        ObjectBuffer::open(
-            Arc::clone(&self.settings),
-            Arc::clone(&self.store),
-            self.shard.id(),
-            key,
-            first,
-        )
+    /// Routes the pieces of one log record into their partitions; partitions that became full are
+    /// added to `full`.
+    fn take(&mut self, record: &LogRecord, full: &mut Vec<String>) -> Result<(), PipelineError> {
+        let mut outcomes = std::mem::take(&mut self.scratch);
+        if self.settings.processors.is_empty() {
+            outcomes.push(Outcome::Ok(Record::whole(record)));
+        } else {
+            self.settings.processors.run(record, &mut outcomes);
+        }
+        let mut result = Ok(());
+        for outcome in outcomes.drain(..) {
+            let (partition, keys, record, failure) = match outcome {
+                Outcome::Ok(r) => match &self.settings.partitioner {
+                    None => (String::new(), None, r, None),
+                    Some(partitioner) => match partitioner.route(&r.data, &[]) {
+                        Ok(keys) => (keys.id(), Some(keys), r, None),
+                        Err(f) => (error_partition(f.output_type), None, r, Some(f)),
+                    },
+                },
+                Outcome::Failed(r, f) => (error_partition(f.output_type), None, r, Some(f)),
+            };
+            if let Err(e) = self.place(partition, keys, &record, failure, full) {
+                result = Err(e);
+                break;
+            }
+        }
+        outcomes.clear();
+        self.scratch = outcomes;
+        result
     }
 
-    /// Commits `obj` under the exactly-once protocol described in the module docs.
-    fn flush(
-        &self,
-        obj: ObjectBuffer,
-        boundary: &mut Option<InFlightObject>,
+    /// Puts one record into its partition's object, opening it (or its ghost) if needed.
+    fn place(
+        &mut self,
+        mut partition: String,
+        keys: Option<PartitionKeys>,
+        record: &Record,
+        mut failure: Option<Failure>,
+        full: &mut Vec<String>,
     ) -> Result<(), PipelineError> {
-        let done = obj.finish()?;
-        let intent = InFlightObject {
-            first: done.first.0,
-            last: done.last.0,
-            keys: done.keys(),
-        };
-        self.record_intent(&intent, boundary)?;
-        let (records, raw) = (done.records, done.raw_bytes);
-        match done.commit() {
-            Ok(()) => {}
-            Err(e) if e.is_permanent() => {
-                *boundary = Some(intent.clone());
-                return self.divert(intent.first, intent.last, &e, boundary);
+        if !self.slots.contains_key(&partition) {
+            if let Some(keys) = &keys {
+                let refused = if self.active >= self.settings.max_active_partitions {
+                    Some(Failure {
+                        output_type: ACTIVE_PARTITION_EXCEEDED,
+                        code: "DynamicPartitioning.ActivePartitionExceeded".into(),
+                        message: format!(
+                            "more than {} partitions are active in shard {}; the record's partition {} is not opened",
+                            self.settings.max_active_partitions,
+                            self.p.shard.id(),
+                            keys.id()
+                        ),
+                        attempts: 1,
+                    })
+                } else {
+                    self.settings
+                        .partitioner
+                        .as_ref()
+                        .and_then(|p| p.check(keys).err())
+                };
+                if let Some(f) = refused {
+                    partition = error_partition(f.output_type);
+                    failure = Some(f);
+                }
             }
-            Err(e) => return Err(e.into()),
+            if !self.slots.contains_key(&partition) {
+                self.open(&partition, keys.as_ref(), record, failure.as_ref())?;
+            }
         }
-        self.advance(intent.last + 1)?;
-        tracing::debug!(stream = %self.settings.name, shard = %self.shard.id(), keys = ?intent.keys,
-            records, bytes = raw, "delivered object");
+        let Some(Slot::Open { buffer, replaying }) = self.slots.get_mut(&partition) else {
+            return Ok(()); // a ghost: the record is in a delivered object
+        };
+        match buffer.push(record, failure.as_ref()) {
+            Ok(()) => {
+                if !*replaying && buffer.is_full(&self.settings.hints) && !full.contains(&partition)
+                {
+                    full.push(partition);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_permanent() && !is_error_partition(&partition) => {
+                let (first, last) = (buffer.first.0, record.sequence.0);
+                let keys = vec![buffer.key().to_string()];
+                self.divert(&partition, first, last, last + 1, keys, e)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens `partition`'s slot at `record`: a ghost over a delivered object, the rebuild of a
+    /// recorded one, or a new object.
+    fn open(
+        &mut self,
+        partition: &str,
+        keys: Option<&PartitionKeys>,
+        record: &Record,
+        failure: Option<&Failure>,
+    ) -> Result<(), PipelineError> {
+        let seq = record.sequence.0;
+        let recorded = self
+            .entries
+            .iter()
+            .find(|e| e.partition == partition && e.first <= seq && seq <= e.last)
+            .map(|e| e.state.clone());
+        let s = self.settings;
+        let shard = self.p.shard.id();
+        let store = Arc::clone(&self.p.store);
+        let settings = Arc::clone(&self.p.settings);
+        let slot = match (&recorded, failure) {
+            (Some(ObjectState::Delivered), _) => Slot::Ghost,
+            (Some(ObjectState::Diverted { code, message }), _) => {
+                let f = Failure {
+                    output_type: S3_FAILED,
+                    code: code.clone(),
+                    message: message.clone(),
+                    attempts: 1,
+                };
+                let key = s.errors.key(&f, shard, partition, record);
+                let buffer = ObjectBuffer::open_errors(
+                    settings,
+                    store,
+                    shard,
+                    partition,
+                    key,
+                    record,
+                    Some(f),
+                )?;
+                Slot::open(buffer, true)
+            }
+            (_, Some(f)) => {
+                let key = s.errors.key(f, shard, partition, record);
+                let buffer = ObjectBuffer::open_errors(
+                    settings, store, shard, partition, key, record, None,
+                )?;
+                Slot::open(buffer, recorded.is_some())
+            }
+            (_, None) => {
+                let key = self.object_key(partition, keys, record);
+                let buffer = ObjectBuffer::open(settings, store, shard, partition, key, record)?;
+                Slot::open(buffer, recorded.is_some())
+            }
+        };
+        self.active += usize::from(!is_error_partition(partition));
+        self.slots.insert(partition.to_string(), slot);
         Ok(())
     }
 
-    /// Makes `intent` the checkpoint's in-flight object, unless it already is (a replay). Objects of
-    /// a different earlier attempt (the config changed a key, or the run was diverted to the error
-    /// output and now succeeds) are removed first, so exactly one outcome remains.
-    fn record_intent(
-        &self,
-        intent: &InFlightObject,
-        boundary: &mut Option<InFlightObject>,
-    ) -> Result<(), PipelineError> {
-        let s = &self.settings.name;
-        match boundary.take() {
-            Some(prev) if prev == *intent => Ok(()),
-            prev => {
-                for stale in prev.iter().flat_map(|p| &p.keys) {
-                    if !intent.keys.contains(stale) {
-                        self.store.delete(stale)?;
-                    }
+    fn object_key(&self, partition: &str, keys: Option<&PartitionKeys>, first: &Record) -> String {
+        let s = self.settings;
+        let at = UtcDateTime::from_epoch_ms(first.arrival_ms);
+        let local = s
+            .time_zone
+            .as_ref()
+            .map_or(at, |z| z.calendar(first.arrival_ms));
+        let seed = if partition.is_empty() {
+            s.name.clone()
+        } else {
+            format!("{}\0{partition}", s.name)
+        };
+        let id = prefix::object_id(&s.instance, &seed, self.p.shard.id().0, first.sequence.0);
+        let extension = match (&s.file_extension, &s.conversion) {
+            (Some(e), _) => e.as_str(),
+            (None, Some(c)) => c.output.extension(),
+            (None, None) => s.compression.extension(),
+        };
+        let default_keys = PartitionKeys::default();
+        let prefix = s
+            .prefix
+            .render_partition(&local, &id, keys.unwrap_or(&default_keys));
+        // Firehose names objects in the custom time zone too ("the time zone used for time prefix
+        // and suffix").
+        prefix::object_key(&prefix, &s.name, s.version, &local, &id, extension)
+    }
+
+    /// Partitions due by their interval (all open ones when draining).
+    fn due(&self, draining: bool) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter_map(|(partition, slot)| match slot {
+                Slot::Open {
+                    buffer,
+                    replaying: false,
+                } if draining || buffer.time_left(&self.settings.hints).is_zero() => {
+                    Some(partition.clone())
                 }
-                self.checkpoints.save(
-                    s,
-                    s,
-                    self.shard.id(),
-                    &Checkpoint {
-                        next: intent.first,
-                        in_flight: Some(intent.clone()),
-                    },
-                )?;
-                Ok(())
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How long until the next object is due by its interval.
+    fn time_left(&self) -> Duration {
+        self.slots
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Open { buffer, .. } => Some(buffer.time_left(&self.settings.hints)),
+                Slot::Ghost => None,
+            })
+            .min()
+            .unwrap_or(POLL)
+    }
+
+    /// Replays the recorded closes at or before `position`.
+    fn replay_closes(&mut self, position: u64) -> Result<(), PipelineError> {
+        let mut closing = Vec::new();
+        while self.closes.last().is_some_and(|(at, _, _)| *at <= position) {
+            let (_, partition, first) = self.closes.pop().expect("checked");
+            match self.slots.get(&partition) {
+                Some(Slot::Ghost) => {
+                    self.slots.remove(&partition);
+                    self.active = self
+                        .active
+                        .saturating_sub(usize::from(!is_error_partition(&partition)));
+                }
+                Some(Slot::Open { buffer, .. }) if buffer.first.0 == first => {
+                    closing.push(partition)
+                }
+                // The recorded object's records never came (the log lost them): nothing to close.
+                _ => {}
             }
+        }
+        if closing.is_empty() {
+            Ok(())
+        } else {
+            self.close(closing)
         }
     }
 
-    /// Moves the checkpoint to `next` once everything before it is delivered.
-    fn advance(&self, next: u64) -> Result<(), PipelineError> {
+    /// Closes the objects of `partitions` under the exactly-once protocol of the module docs.
+    fn close(&mut self, partitions: Vec<String>) -> Result<(), PipelineError> {
+        let mut finished = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let Some(Slot::Open { buffer, .. }) = self.slots.remove(&partition) else {
+                continue;
+            };
+            self.active = self
+                .active
+                .saturating_sub(usize::from(!is_error_partition(&partition)));
+            let (first, last, key) = (buffer.first.0, buffer.last.0, buffer.key().to_string());
+            match buffer.finish() {
+                Ok(done) => finished.push((partition, done)),
+                Err(e) if e.is_permanent() && !is_error_partition(&partition) => {
+                    let closed_at = self.processed;
+                    return self.divert(&partition, first, last, closed_at, vec![key], e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Record every object as in flight (or as the error object it is diverted to).
+        let mut changed = false;
+        for (partition, done) in &finished {
+            let keys = done.keys();
+            match self
+                .entries
+                .iter_mut()
+                .find(|e| e.partition == *partition && e.first == done.first.0)
+            {
+                Some(e) if e.keys == keys => {}
+                Some(e) => {
+                    for stale in e.keys.iter().filter(|k| !keys.contains(k)) {
+                        self.p.store.delete(stale)?;
+                    }
+                    e.keys = keys;
+                    changed = true;
+                }
+                None => {
+                    self.entries.push(ObjectEntry {
+                        partition: partition.clone(),
+                        first: done.first.0,
+                        last: done.last.0,
+                        closed_at: self.processed,
+                        keys,
+                        state: ObjectState::InFlight,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        for (partition, done) in finished {
+            let first = done.first.0;
+            let (records, raw) = (done.records, done.raw_bytes);
+            let keys = done.keys();
+            let Some(i) = self
+                .entries
+                .iter()
+                .position(|e| e.partition == partition && e.first == first)
+            else {
+                unreachable!("every finished object was recorded above");
+            };
+            match done.commit() {
+                Ok(()) => {
+                    self.entries[i].state = ObjectState::Delivered;
+                    self.progressed = true;
+                }
+                Err(e)
+                    if e.is_permanent()
+                        && self.entries[i].state == ObjectState::InFlight
+                        && !is_error_partition(&partition) =>
+                {
+                    self.entries[i].state = diverted(&e);
+                    self.save()?;
+                    return Err(PipelineError::Diverted {
+                        partition,
+                        error: e,
+                    });
+                }
+                Err(e) => {
+                    // Keep what was delivered, so that the replay rebuilds only the rest.
+                    if self.progressed {
+                        self.save()?;
+                    }
+                    return Err(e.into());
+                }
+            }
+            tracing::debug!(stream = %self.settings.name, shard = %self.p.shard.id(), ?keys,
+                records, bytes = raw, "delivered object");
+        }
+        self.save()
+    }
+
+    /// Records that the store refused `partition`'s object for good, so that the replay writes its
+    /// records to the error output instead.
+    fn divert(
+        &mut self,
+        partition: &str,
+        first: u64,
+        last: u64,
+        closed_at: u64,
+        keys: Vec<String>,
+        error: SinkError,
+    ) -> Result<(), PipelineError> {
+        let state = diverted(&error);
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.partition == partition && e.first == first)
+        {
+            Some(e) => e.state = state,
+            None => self.entries.push(ObjectEntry {
+                partition: partition.to_string(),
+                first,
+                last,
+                closed_at,
+                keys,
+                state,
+            }),
+        }
+        self.save()?;
+        Err(PipelineError::Diverted {
+            partition: partition.to_string(),
+            error,
+        })
+    }
+
+    /// Writes the checkpoint: the low-water mark below every open or undelivered object, and the
+    /// objects above it.
+    fn save(&mut self) -> Result<(), PipelineError> {
+        let open = self.slots.values().filter_map(|s| match s {
+            Slot::Open { buffer, .. } => Some(buffer.first.0),
+            Slot::Ghost => None,
+        });
+        let undelivered = self
+            .entries
+            .iter()
+            .filter(|e| e.state != ObjectState::Delivered)
+            .map(|e| e.first);
+        let next = open
+            .chain(undelivered)
+            .min()
+            .unwrap_or(self.processed)
+            .min(self.processed);
+        self.entries
+            .retain(|e| e.state != ObjectState::Delivered || e.closed_at > next);
         let s = &self.settings.name;
-        let shard = self.shard.id();
-        self.checkpoints.save(
+        let shard = self.p.shard.id();
+        self.p.checkpoints.save(
             s,
             s,
             shard,
             &Checkpoint {
                 next,
                 in_flight: None,
+                objects: self.entries.clone(),
+                routing: self.settings.routing.clone(),
             },
         )?;
-        self.shard.pin(s, crate::log::SequenceNumber(next));
-        if self.shard.over_disk_budget() {
+        self.p.shard.pin(s, SequenceNumber(next));
+        if self.p.shard.over_disk_budget() {
             // Under disk pressure, free what is now delivered instead of waiting for the
             // periodic retention pass.
-            if let Err(e) = self.shard.enforce_retention(crate::log::now_ms()) {
+            if let Err(e) = self.p.shard.enforce_retention(crate::log::now_ms()) {
                 tracing::warn!(stream = %s, %shard, error = %e, "could not delete delivered segments");
             }
         }
         Ok(())
     }
+}
 
-    /// Sends records `first..=last`, which the store permanently rejected, to the error output:
-    /// read again from the log, one error document each, under the same exactly-once protocol.
-    fn divert(
-        &self,
-        first: u64,
-        last: u64,
-        error: &SinkError,
-        boundary: &mut Option<InFlightObject>,
-    ) -> Result<(), PipelineError> {
-        let failure = Failure {
-            output_type: S3_FAILED,
-            code: format!("S3.{}", error.code().unwrap_or("Unknown")),
-            message: error.to_string(),
-            attempts: 1,
-        };
-        let missing = || PipelineError::Missing { first, last };
-        let mut reader = self
-            .shard
-            .reader(StartingPosition::AtSequenceNumber(SequenceNumber(first)));
-        let mut batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
-        let head = batch.first().ok_or_else(missing)?;
-        let key = self.settings.errors.key(&failure, self.shard.id(), head);
-        let intent = InFlightObject {
-            first,
-            last,
-            keys: vec![key.clone()],
-        };
-        self.record_intent(&intent, boundary)?;
-        let mut writer = self.settings.errors.create(&*self.store, &key)?;
-        let mut written = 0u64;
-        loop {
-            for record in batch.iter().filter(|r| r.sequence.0 <= last) {
-                writer.push(record, &failure)?;
-                written += 1;
-            }
-            if reader.position().0 > last {
-                break;
-            }
-            batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
-            if batch.is_empty() {
-                return Err(missing());
-            }
-        }
-        writer.commit()?;
-        self.advance(last + 1)?;
-        tracing::error!(stream = %self.settings.name, shard = %self.shard.id(), records = written,
-            error_key = %key, error = %error, "the store permanently rejected records; they are in the error output");
-        Ok(())
+/// The error partition of an error output type.
+fn error_partition(output_type: &str) -> String {
+    format!("{ERROR_PARTITION}{output_type}")
+}
+
+fn is_error_partition(partition: &str) -> bool {
+    partition.starts_with(ERROR_PARTITION)
+}
+
+fn diverted(e: &SinkError) -> ObjectState {
+    ObjectState::Diverted {
+        code: format!("S3.{}", e.code().unwrap_or("Unknown")),
+        message: e.to_string(),
     }
 }
 
@@ -439,12 +807,16 @@ mod tests {
     struct MemoryStore {
         objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
         reject: Option<String>,
+        /// One commit in `flaky` fails transiently, at random (0: never), to exercise replays.
+        flaky: u64,
+        commits: Arc<std::sync::atomic::AtomicU64>,
     }
 
     struct MemoryObject {
         key: String,
         data: Vec<u8>,
         objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+        fail: bool,
         reject: bool,
     }
 
@@ -460,6 +832,13 @@ mod tests {
 
     impl ObjectWriter for MemoryObject {
         fn commit(self: Box<Self>) -> Result<(), SinkError> {
+            if self.fail {
+                return Err(SinkError::Store {
+                    message: format!("PutObject {}: SlowDown (HTTP 503)", self.key),
+                    code: Some("SlowDown".into()),
+                    permanent: false,
+                });
+            }
             if self.reject {
                 return Err(SinkError::Store {
                     message: format!("PutObject {}: InvalidArgument (HTTP 400)", self.key),
@@ -479,6 +858,17 @@ mod tests {
                 data: Vec::new(),
                 objects: Arc::clone(&self.objects),
                 reject: self.reject.as_deref().is_some_and(|r| key.starts_with(r)),
+                fail: self.flaky > 0 && {
+                    // A xorshift step per object: failures land anywhere in a replay.
+                    let mut x = self
+                        .commits
+                        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+                        | 1;
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % self.flaky == 0
+                },
             }))
         }
         fn delete(&self, key: &str) -> Result<(), SinkError> {
@@ -503,6 +893,8 @@ mod tests {
             compression: Compression::None,
             compression_level: None,
             prefix: PrefixTemplate::parse("data/").unwrap(),
+            time_zone: None,
+            file_extension: None,
             errors: ErrorOutput {
                 prefix: PrefixTemplate::parse("data/")
                     .unwrap()
@@ -511,8 +903,13 @@ mod tests {
                 stream: "events".into(),
                 version: 1,
                 instance: "test".into(),
+                time_zone: None,
             },
             conversion: None,
+            processors: Processors::default(),
+            partitioner: None,
+            max_active_partitions: 500,
+            routing: "test".into(),
         })
     }
 
@@ -560,13 +957,8 @@ mod tests {
             .load("events", "events", ShardId(0))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            ck,
-            Checkpoint {
-                next: records.len() as u64,
-                in_flight: None
-            }
-        );
+        assert_eq!(ck.next, records.len() as u64, "{ck:?}");
+        assert_eq!(ck.objects, vec![], "everything delivered");
         shard.close();
         dir
     }
@@ -664,11 +1056,16 @@ mod tests {
                 .collect();
             let stale = Checkpoint {
                 next: 0,
-                in_flight: Some(InFlightObject {
+                objects: vec![ObjectEntry {
+                    partition: String::new(),
                     first: 0,
                     last: 29,
+                    closed_at: 30,
                     keys: vec!["data/stale".into()],
-                }),
+                    state: ObjectState::InFlight,
+                }],
+                routing: "test".into(),
+                ..Checkpoint::default()
             };
             let _dir = deliver_with(
                 converting(output.clone()),
@@ -748,5 +1145,122 @@ mod tests {
             text.contains("DataFormatConversion.MalformedData"),
             "{text}"
         );
+    }
+
+    fn partitioned(max_active: usize) -> Arc<DeliverySettings> {
+        let mut s = (*settings()).clone();
+        let prefix = PrefixTemplate::parse("c=!{partitionKeyFromQuery:c}/").unwrap();
+        let query = crate::partition::query::MetadataQuery::compile("{c: .c}").unwrap();
+        s.partitioner = Some(Partitioner::new(prefix.clone(), Some(Arc::new(query))));
+        s.prefix = prefix;
+        s.errors.prefix =
+            PrefixTemplate::parse_error_prefix("errors/!{firehose:error-output-type}/").unwrap();
+        s.max_active_partitions = max_active;
+        Arc::new(s)
+    }
+
+    /// Every record once, across data objects (by partition) and error documents (by type).
+    /// (partition or error type, record) pairs.
+    type Lines = Vec<(String, Vec<u8>)>;
+
+    fn delivered(store: &MemoryStore) -> (Lines, Lines) {
+        let (mut data, mut errors) = (Vec::new(), Vec::new());
+        for (key, body) in store.objects.lock().unwrap().iter() {
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Some(rest) = key.strip_prefix("errors/") {
+                    let kind = rest.split('/').next().unwrap().to_string();
+                    let doc: serde_json::Value = serde_json::from_slice(line).unwrap();
+                    let raw = base64_simd::STANDARD
+                        .decode_to_vec(doc["rawData"].as_str().unwrap())
+                        .unwrap();
+                    errors.push((kind, raw));
+                } else {
+                    let part = key.split('/').next().unwrap().to_string();
+                    data.push((part, line.to_vec()));
+                }
+            }
+        }
+        (data, errors)
+    }
+
+    fn customer_record(i: usize, customer: usize, pad: usize) -> Vec<u8> {
+        format!(
+            r#"{{"c":"k{customer}","i":{i},"pad":"{}"}}"#,
+            "p".repeat(pad)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn partitions_get_their_own_objects_and_bad_records_their_error_type() {
+        let store = Arc::new(MemoryStore::default());
+        let mut records: Vec<Vec<u8>> = (0..40).map(|i| customer_record(i, i % 4, 3)).collect();
+        records.push(br#"{"no_c":1}"#.to_vec());
+        records.push(br#"{"c":""}"#.to_vec());
+        records.push(b"not json".to_vec());
+        let _dir = deliver_with(partitioned(500), Arc::clone(&store), &records, None);
+        let keys: Vec<String> = store.objects.lock().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        let (data, errors) = delivered(&store);
+        assert_eq!(data.len(), 40);
+        for (part, line) in &data {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(*part, format!("c={}", v["c"].as_str().unwrap()));
+        }
+        assert_eq!(errors.len(), 3);
+        assert!(errors.iter().all(|(kind, _)| kind == "processing-failed"));
+    }
+
+    #[test]
+    fn partitions_beyond_the_limit_go_to_active_partition_exceeded() {
+        let store = Arc::new(MemoryStore::default());
+        // Three partitions open at once, the limit is two: the third's records overflow.
+        let records: Vec<Vec<u8>> = (0..30).map(|i| customer_record(i, i % 3, 3)).collect();
+        let _dir = deliver_with(partitioned(2), Arc::clone(&store), &records, None);
+        let (data, errors) = delivered(&store);
+        assert_eq!(data.len(), 20);
+        assert!(data.iter().all(|(p, _)| p == "c=k0" || p == "c=k1"));
+        assert_eq!(errors.len(), 10);
+        for (kind, raw) in &errors {
+            assert_eq!(kind, ACTIVE_PARTITION_EXCEEDED);
+            assert!(raw.starts_with(br#"{"c":"k2""#));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+        /// Partitions closing by size in any order, an overflowing partition limit, and commits
+        /// failing now and then (each failure replays from the checkpoint, with delivered objects
+        /// above the low-water mark): every record ends up exactly once, in its partition or in
+        /// the error output.
+        #[test]
+        fn replays_with_many_partitions_deliver_each_record_once(
+            sizes in proptest::collection::vec((0usize..6, 2_000usize..60_000), 30..120),
+            max_active in 1usize..7,
+            flaky in proptest::sample::select(vec![0u64, 2, 3, 5]),
+        ) {
+            let store = Arc::new(MemoryStore { flaky, ..MemoryStore::default() });
+            let records: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, (c, pad))| customer_record(i, *c, *pad))
+                .collect();
+            let _dir = deliver_with(partitioned(max_active), Arc::clone(&store), &records, None);
+            let (data, errors) = delivered(&store);
+            let mut got: Vec<Vec<u8>> = data.iter().map(|(_, l)| l.clone()).collect();
+            got.extend(errors.iter().map(|(kind, raw)| {
+                assert_eq!(kind, ACTIVE_PARTITION_EXCEEDED);
+                raw.clone()
+            }));
+            got.sort();
+            let mut want = records.clone();
+            want.sort();
+            proptest::prop_assert_eq!(got.len(), want.len());
+            proptest::prop_assert!(got == want, "records lost or duplicated");
+            for (part, line) in &data {
+                let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                proptest::prop_assert_eq!(part.clone(), format!("c={}", v["c"].as_str().unwrap()));
+            }
+        }
     }
 }

@@ -8,6 +8,12 @@
 //!
 //! The random string is derived from the object's identity rather than drawn at random, so that a
 //! replay after a crash writes the same key and exactly-once holds.
+//!
+//! Dynamic partitioning adds `!{partitionKeyFromQuery:k}` and `!{partitionKeyFromLambda:k}` (not in
+//! error output prefixes). Key values are encoded so that none can leave its place in the key: bytes
+//! outside S3's safe set `0-9 a-z A-Z ! - _ . * ' ( )` are percent-encoded as UTF-8 (`/` is `%2F`,
+//! a space `%20`, `=` `%3D`), a value of only dots has them encoded (`%2E`), and an empty value is
+//! refused (the record goes to the error output).
 
 use std::fmt::Write as _;
 
@@ -35,6 +41,69 @@ enum Part {
     RandomString,
     /// `!{firehose:error-output-type}`: only in error output prefixes.
     ErrorOutputType,
+    /// `!{partitionKeyFromQuery:k}` / `!{partitionKeyFromLambda:k}`.
+    PartitionKey(KeySource, String),
+}
+
+/// Where a partition key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeySource {
+    /// The `metadata_extraction` jq query.
+    Query,
+    /// A transformation plugin's result metadata.
+    Lambda,
+}
+
+impl KeySource {
+    /// The expression namespace, as written in prefixes.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            KeySource::Query => "partitionKeyFromQuery",
+            KeySource::Lambda => "partitionKeyFromLambda",
+        }
+    }
+}
+
+/// Evaluated partition key values of one partition, already encoded (see the module docs), in the
+/// order the prefix names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PartitionKeys(pub Vec<(KeySource, String, String)>);
+
+impl PartitionKeys {
+    fn get(&self, source: KeySource, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(s, n, _)| *s == source && n == name)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    /// A stable identity of the partition, used in checkpoints and object ids.
+    pub fn id(&self) -> String {
+        let mut id = String::new();
+        for (source, name, value) in &self.0 {
+            let _ = write!(id, "{}:{name}={value}/", source.namespace());
+        }
+        id
+    }
+}
+
+/// Encodes a partition key value for a key (see the module docs); `None` for an empty value.
+pub fn encode_key_value(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    let only_dots = value.bytes().all(|b| b == b'.');
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        let safe =
+            b.is_ascii_alphanumeric() || b"!-_*'()".contains(&b) || (b == b'.' && !only_dots);
+        if safe {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    Some(out)
 }
 
 /// The longest error output type, for bounding evaluated error prefixes.
@@ -135,6 +204,18 @@ impl PrefixTemplate {
             })?;
             parts.push(match (ns, value) {
                 ("timestamp", pattern) => Part::Timestamp(parse_pattern(pattern)?),
+                ("partitionKeyFromQuery" | "partitionKeyFromLambda", _) if error_prefix => {
+                    return Err(format!(
+                        "!{{{ns}:...}} is not allowed in error_output_prefix (Firehose's rule)"
+                    ))
+                }
+                ("partitionKeyFromQuery" | "partitionKeyFromLambda", "") => {
+                    return Err(format!("!{{{ns}:}} needs a key name"))
+                }
+                ("partitionKeyFromQuery", key) => Part::PartitionKey(KeySource::Query, key.into()),
+                ("partitionKeyFromLambda", key) => {
+                    Part::PartitionKey(KeySource::Lambda, key.into())
+                }
                 ("firehose", "random-string") => Part::RandomString,
                 ("firehose", "error-output-type") if error_prefix => Part::ErrorOutputType,
                 ("firehose", "error-output-type") => {
@@ -145,7 +226,7 @@ impl PrefixTemplate {
                 }
                 _ => {
                     return Err(format!(
-                        "unsupported expression !{{{expr}}}: prefixes support !{{timestamp:<pattern>}} and !{{firehose:random-string}}"
+                        "unsupported expression !{{{expr}}}: prefixes support !{{timestamp:<pattern>}}, !{{firehose:random-string}}, !{{partitionKeyFromQuery:key}} and !{{partitionKeyFromLambda:key}}"
                     ))
                 }
             });
@@ -168,11 +249,34 @@ impl PrefixTemplate {
             source: s.to_string(),
             parts,
         };
-        // Numeric fields have fixed widths, so one evaluation bounds them all.
-        let sample = template.render_with(
+        // Numeric fields have fixed widths, so one evaluation bounds them all (partition key
+        // values, of one character here, are checked again per partition: `check_keys`).
+        let sample_keys = PartitionKeys(
+            template
+                .partition_keys()
+                .map(|(s, n)| (s, n.to_string(), "x".to_string()))
+                .collect(),
+        );
+        template.check_keys(&sample_keys, Some(LONGEST_ERROR_TYPE))?;
+        Ok(template)
+    }
+
+    /// The partition keys the prefix names, in order.
+    pub fn partition_keys(&self) -> impl Iterator<Item = (KeySource, &str)> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::PartitionKey(s, n) => Some((*s, n.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Checks that the prefix with these key values makes valid, writable keys at any time: at
+    /// most 512 characters evaluated, and a full key that stores and filesystems accept.
+    pub fn check_keys(&self, keys: &PartitionKeys, error_type: Option<&str>) -> Result<(), String> {
+        let sample = self.render_with(
             &UtcDateTime::from_epoch_ms(253_402_300_799_000),
             "x",
-            Some(LONGEST_ERROR_TYPE),
+            error_type,
+            keys,
         );
         if sample.chars().count() > MAX_EVALUATED_PREFIX_CHARS {
             return Err(format!(
@@ -198,7 +302,7 @@ impl PrefixTemplate {
                     .into(),
             );
         }
-        Ok(template)
+        Ok(())
     }
 
     /// The prefix as configured (without the appended default timestamp).
@@ -209,15 +313,26 @@ impl PrefixTemplate {
     /// Evaluates the prefix for an object whose oldest record arrived at `at`; `seed` (the object's
     /// identity) determines `!{firehose:random-string}`.
     pub fn render(&self, at: &UtcDateTime, seed: &str) -> String {
-        self.render_with(at, seed, None)
+        self.render_with(at, seed, None, &PartitionKeys::default())
+    }
+
+    /// Evaluates the prefix of a partition's object: as [`Self::render`], with its key values.
+    pub fn render_partition(&self, at: &UtcDateTime, seed: &str, keys: &PartitionKeys) -> String {
+        self.render_with(at, seed, None, keys)
     }
 
     /// Evaluates an error output prefix for records that failed with `error_type`.
     pub fn render_error(&self, at: &UtcDateTime, seed: &str, error_type: &str) -> String {
-        self.render_with(at, seed, Some(error_type))
+        self.render_with(at, seed, Some(error_type), &PartitionKeys::default())
     }
 
-    fn render_with(&self, at: &UtcDateTime, seed: &str, error_type: Option<&str>) -> String {
+    fn render_with(
+        &self,
+        at: &UtcDateTime,
+        seed: &str,
+        error_type: Option<&str>,
+        keys: &PartitionKeys,
+    ) -> String {
         let mut out = String::new();
         let mut randoms = 0u32;
         for part in &self.parts {
@@ -229,6 +344,9 @@ impl PrefixTemplate {
                     randoms += 1;
                 }
                 Part::ErrorOutputType => out.push_str(error_type.unwrap_or_default()),
+                Part::PartitionKey(source, name) => {
+                    out.push_str(keys.get(*source, name).unwrap_or_default())
+                }
             }
         }
         out
@@ -408,7 +526,7 @@ mod tests {
         for bad in [
             "!{timestamp:yyyy",
             "!{nope}",
-            "!{partitionKeyFromQuery:x}/",
+            "!{partitionKeyFromQuery:}/",
             "!{timestamp:QQ}",
             "a/../b/",
             "/abs/",

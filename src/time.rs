@@ -33,6 +33,62 @@ impl UtcDateTime {
     }
 }
 
+/// A prefix's time zone (Firehose `CustomTimeZone`): UTC, or an IANA zone from the time-zone
+/// database bundled into the binary (so a container without `/usr/share/zoneinfo` works the same).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeZone {
+    name: String,
+    zone: jiff::tz::TimeZone,
+}
+
+impl TimeZone {
+    /// Looks up an IANA zone name (at most 50 characters, as Firehose allows).
+    pub fn parse(name: &str) -> Result<TimeZone, String> {
+        if name.is_empty() || name.chars().count() > 50 {
+            return Err("custom_time_zone must be 1 to 50 characters".into());
+        }
+        let zone = jiff::tz::db().get(name).map_err(|_| {
+            format!(
+                "custom_time_zone {name:?} is not an IANA time zone name (e.g. America/New_York)"
+            )
+        })?;
+        Ok(TimeZone {
+            name: name.to_string(),
+            zone,
+        })
+    }
+
+    /// The zone's name as configured.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The wall-clock fields of `ms` (milliseconds since the epoch) in this zone.
+    pub fn calendar(&self, ms: i64) -> UtcDateTime {
+        let offset_s = jiff::Timestamp::from_millisecond(ms)
+            .map(|t| self.zone.to_offset(t).seconds())
+            .unwrap_or(0);
+        UtcDateTime::from_epoch_ms(ms + i64::from(offset_s) * 1000)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TimeZone {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the visitor, so that the error points at the value's line.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TimeZone;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an IANA time zone name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TimeZone, E> {
+                TimeZone::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
 fn civil_from_days(z: i64) -> (i32, u32, u32) {
     let z = z + 719_468;
@@ -61,6 +117,26 @@ pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_zones_shift_wall_clock_fields() {
+        // 2024-07-01T03:30:00Z is 23:30 the day before in New York (EDT, UTC-4).
+        let ms = 1_719_804_600_000;
+        let ny = TimeZone::parse("America/New_York").unwrap();
+        let t = ny.calendar(ms);
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute),
+            (2024, 6, 30, 23, 30)
+        );
+        // In January it is UTC-5.
+        let t = ny.calendar(1_704_079_800_000); // 2024-01-01T03:30:00Z
+        assert_eq!((t.month, t.day, t.hour), (12, 31, 22));
+        let t = TimeZone::parse("Asia/Kolkata").unwrap().calendar(ms);
+        assert_eq!((t.hour, t.minute), (9, 0));
+        assert!(TimeZone::parse("Mars/Olympus").is_err());
+        assert!(TimeZone::parse(&"A".repeat(51)).is_err());
+        assert!(TimeZone::parse("").is_err());
+    }
     use proptest::prelude::*;
 
     #[test]

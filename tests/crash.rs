@@ -1,5 +1,7 @@
 //! kill -9 under concurrent load, at a random moment: after restart and drain, every acknowledged
-//! record is in the lake exactly once, and no record appears twice.
+//! record is in the lake exactly once, and no record appears twice; with dynamic partitioning too
+//! (50 partitions, and a partition limit below that, whose overflow records must land in the
+//! `activePartitionExceeded` error output exactly once).
 
 mod common;
 
@@ -15,6 +17,52 @@ const CLIENTS: usize = 4;
 
 #[test]
 fn kill_9_under_load_loses_and_duplicates_nothing() {
+    crash_test(ITERATIONS, |iteration| {
+        // Vary the buffering so crashes land in every phase: mid-object, mid-flush, between objects.
+        let (buffering, compression) = match iteration % 4 {
+            0 => ("{ size_mib: 1, interval_s: 0 }", "none"),
+            1 => ("{ size_mib: 1, interval_s: 1 }", "gzip"),
+            2 => ("{ size_mib: 1, interval_s: 0 }", "zstd"),
+            _ => ("{ size_mib: 2, interval_s: 900 }", "snappy"),
+        };
+        stream_config(2, buffering, compression, "")
+    });
+}
+
+#[test]
+fn kill_9_with_50_partitions_loses_and_duplicates_nothing() {
+    crash_test(12, |iteration| {
+        let (buffering, max_active) = match iteration % 3 {
+            0 => ("{ size_mib: 1, interval_s: 1 }", 500),
+            1 => ("{ size_mib: 1, interval_s: 900 }", 500),
+            // Fewer partitions allowed than there are: overflow records go to the error output.
+            _ => ("{ size_mib: 1, interval_s: 1 }", 20),
+        };
+        format!(
+            r#"listen: ${{SPILLWAY_LISTEN}}
+data_dir: ${{SPILLWAY_DATA_DIR}}
+shutdown_grace_s: 20
+log: {{ segment_mib: 1 }}
+delivery_streams:
+  - name: events
+    source: {{ direct_put: {{ shards: 2 }} }}
+    processing:
+      - metadata_extraction: {{ query: '{{customer: .customer}}' }}
+      - append_delimiter: true
+    destination:
+      s3:
+        url: file://${{SPILLWAY_LAKE}}
+        prefix: 'customer=!{{partitionKeyFromQuery:customer}}/'
+        error_output_prefix: 'errors/!{{firehose:error-output-type}}/'
+        dynamic_partitioning: {{ enabled: true, max_active_partitions: {max_active} }}
+        buffering: {buffering}
+"#
+        )
+    });
+}
+
+/// Runs `iterations` kill -9 rounds, each with the configuration `config(iteration)`.
+fn crash_test(iterations: u64, config: impl Fn(u64) -> String) {
     let seed = std::env::var("SPILLWAY_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -27,17 +75,9 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
         });
     eprintln!("crash test seed {seed} (set SPILLWAY_CRASH_SEED to replay)");
     let mut rng = XorShift(seed);
-    for iteration in 0..ITERATIONS {
-        // Vary the buffering so crashes land in every phase: mid-object, mid-flush, between objects.
-        let (buffering, compression) = match iteration % 4 {
-            0 => ("{ size_mib: 1, interval_s: 0 }", "none"),
-            1 => ("{ size_mib: 1, interval_s: 1 }", "gzip"),
-            2 => ("{ size_mib: 1, interval_s: 0 }", "zstd"),
-            _ => ("{ size_mib: 2, interval_s: 900 }", "snappy"),
-        };
+    for iteration in 0..iterations {
         let dir = tempfile::tempdir().unwrap();
-        let config = stream_config(2, buffering, compression, "");
-        let mut daemon = Daemon::start_yaml(&config, dir.path());
+        let mut daemon = Daemon::start_yaml(&config(iteration), dir.path());
         let acked: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..CLIENTS)
@@ -52,8 +92,9 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
                         let records: Vec<Vec<u8>> = (0..100)
                             .map(|i| {
                                 format!(
-                                    r#"{{"it":{iteration},"client":{c},"n":{},"pad":"{}"}}"#,
+                                    r#"{{"it":{iteration},"client":{c},"n":{},"customer":"c{}","pad":"{}"}}"#,
                                     n + i,
+                                    (n + i) % 50,
                                     "p".repeat(120)
                                 )
                                 .into_bytes()
@@ -95,8 +136,16 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
         );
 
         let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut overflowed = 0;
         for line in lake_lines(&daemon.lake()) {
-            *seen.entry(String::from_utf8(line).unwrap()).or_default() += 1;
+            let record = match error_document_data(&line) {
+                Some(raw) => {
+                    overflowed += 1;
+                    raw
+                }
+                None => line,
+            };
+            *seen.entry(String::from_utf8(record).unwrap()).or_default() += 1;
         }
         let dups: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).take(3).collect();
         assert!(
@@ -115,9 +164,22 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
             acked.len()
         );
         eprintln!(
-            "iteration {iteration}: {} acknowledged, {} delivered",
+            "iteration {iteration}: {} acknowledged, {} delivered ({overflowed} in the error output)",
             acked.len(),
             seen.len()
         );
     }
+}
+
+/// The record inside an `activePartitionExceeded` error document, or `None` for a data line.
+fn error_document_data(line: &[u8]) -> Option<Vec<u8>> {
+    let doc: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let code = doc.get("errorCode")?.as_str()?;
+    assert_eq!(code, "DynamicPartitioning.ActivePartitionExceeded", "{doc}");
+    let raw = doc.get("rawData")?.as_str()?;
+    Some(
+        base64_simd::STANDARD
+            .decode_to_vec(raw)
+            .expect("rawData is base64"),
+    )
 }

@@ -17,8 +17,13 @@ use crate::compression::Compression;
 use crate::prefix::PrefixTemplate;
 
 mod format_conversion;
+mod processing;
 pub use format_conversion::{
     DeserializerConfig, FormatConversionConfig, OrcConfig, OutputKind, ParquetConfig, SchemaConfig,
+};
+pub use processing::{
+    check_processors, CloudWatchLogsConfig, CompiledQuery, DeaggregateConfig, DecompressFormat,
+    DynamicPartitioningConfig, MetadataExtractionConfig, Processor, SubRecordType,
 };
 
 /// A configuration error, already formatted as `file:line:column: field: problem`.
@@ -206,6 +211,31 @@ pub struct DeliveryStreamConfig {
 }
 
 impl DeliveryStreamConfig {
+    /// The `metadata_extraction` query, if configured.
+    pub fn metadata_query(&self) -> Option<&CompiledQuery> {
+        self.processing.iter().find_map(|p| match p {
+            Processor::MetadataExtraction(m) => Some(&m.query),
+            _ => None,
+        })
+    }
+
+    /// A fingerprint of what decides which records go to which object: processors, prefix,
+    /// partitioning and the size hint. A replay under another fingerprint cannot trust the objects
+    /// a checkpoint recorded (see `crate::pipeline`).
+    pub fn routing_fingerprint(&self) -> String {
+        let Destination::S3(s3) = &self.destination;
+        crate::fs::md5_hex(
+            format!(
+                "{:?}\0{}\0{:?}\0{:?}",
+                self.processing,
+                s3.prefix.as_configured(),
+                s3.partitioning(),
+                s3.hints().size_mib
+            )
+            .as_bytes(),
+        )
+    }
+
     /// Whether the `append_delimiter` processor is on.
     pub fn appends_delimiter(&self) -> bool {
         self.processing
@@ -233,14 +263,6 @@ pub struct DirectPutSource {
 
 fn one() -> u64 {
     1
-}
-
-/// A record processor (Firehose `ProcessingConfiguration.Processors`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Processor {
-    /// Firehose `AppendDelimiterToRecord`: a newline after every record.
-    AppendDelimiter(bool),
 }
 
 /// Where records are delivered.
@@ -303,6 +325,44 @@ pub struct S3Destination {
     /// JSON records to Parquet or ORC with a schema (Firehose's record format conversion).
     #[serde(default)]
     pub format_conversion: Option<FormatConversionConfig>,
+    /// One buffer per evaluated prefix (`!{partitionKeyFromQuery:k}` expressions).
+    #[serde(default)]
+    pub dynamic_partitioning: Option<DynamicPartitioningConfig>,
+    /// Time zone of `!{timestamp:...}` in prefixes (IANA name, e.g. `Europe/Berlin`); default UTC.
+    #[serde(default)]
+    pub custom_time_zone: Option<crate::time::TimeZone>,
+    /// Replaces the default object extension (`.gz`, `.parquet`, ...); Firehose's `FileExtension`:
+    /// empty, or `.` followed by `0-9 a-z ! - _ . * ' ( )`, at most 128 characters.
+    #[serde(default, deserialize_with = "file_extension")]
+    pub file_extension: Option<String>,
+}
+
+fn file_extension<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Visitor;
+    impl de::Visitor<'_> for Visitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a file extension such as .json")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            if s.len() > 128 {
+                return Err(E::custom("file_extension is longer than 128 characters"));
+            }
+            let valid = s.is_empty()
+                || (s.starts_with('.')
+                    && s.len() > 1
+                    && s.bytes().all(|b| {
+                        b.is_ascii_digit() || b.is_ascii_lowercase() || b"!-_.*'()".contains(&b)
+                    }));
+            if !valid {
+                return Err(E::custom(format!(
+                    "file_extension {s:?} must be empty or '.' followed by 0-9 a-z ! - _ . * ' ( )"
+                )));
+            }
+            Ok(Some(s.to_string()))
+        }
+    }
+    d.deserialize_str(Visitor)
 }
 
 fn error_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PrefixTemplate>, D::Error> {
@@ -342,6 +402,11 @@ impl S3Destination {
             size_mib,
             interval_s: self.buffering.interval_s,
         }
+    }
+
+    /// Dynamic partitioning, when configured and enabled.
+    pub fn partitioning(&self) -> Option<&DynamicPartitioningConfig> {
+        self.dynamic_partitioning.as_ref().filter(|d| d.enabled)
     }
 
     pub fn error_prefix(&self) -> Option<PrefixTemplate> {
@@ -668,6 +733,63 @@ impl Config {
                     ),
                     ));
                 }
+            }
+            let at = |field: &str, msg: String| {
+                let last = field.rsplit('.').next().unwrap_or(field);
+                let line = line_of_field(text, ds.name.as_str(), &format!("{last}:"));
+                ConfigError(format!(
+                    "{origin}:{line}: delivery_streams[{i}].{field}: {msg}"
+                ))
+            };
+            if let Err((j, msg)) = check_processors(&ds.processing) {
+                return Err(at("processing", format!("[{j}]: {msg}")));
+            }
+            let query_keys: Vec<&str> = s3
+                .prefix
+                .partition_keys()
+                .filter(|(s, _)| *s == crate::prefix::KeySource::Query)
+                .map(|(_, k)| k)
+                .collect();
+            let uses_keys = s3.prefix.partition_keys().next().is_some();
+            match s3.partitioning() {
+                Some(_) if !uses_keys => {
+                    return Err(at(
+                        "destination.s3.prefix",
+                        "dynamic partitioning needs a prefix with !{partitionKeyFromQuery:key} (or !{partitionKeyFromLambda:key}) expressions".into(),
+                    ))
+                }
+                None if uses_keys => {
+                    return Err(at(
+                        "destination.s3.prefix",
+                        "!{partitionKeyFrom...} expressions need dynamic_partitioning: { enabled: true }".into(),
+                    ))
+                }
+                Some(_) if s3.buffering.interval_s == 0 => {
+                    return Err(at(
+                        "destination.s3.buffering",
+                        "interval_s 0 (zero buffering) is not available with dynamic partitioning, as in Firehose".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if !query_keys.is_empty() && ds.metadata_query().is_none() {
+                return Err(at(
+                    "destination.s3.prefix",
+                    format!(
+                        "!{{partitionKeyFromQuery:{}}} needs a metadata_extraction processor whose query yields that key",
+                        query_keys[0]
+                    ),
+                ));
+            }
+            if let Some((_, k)) = s3
+                .prefix
+                .partition_keys()
+                .find(|(s, _)| *s == crate::prefix::KeySource::Lambda)
+            {
+                return Err(at(
+                    "destination.s3.prefix",
+                    format!("!{{partitionKeyFromLambda:{k}}} needs a transformation plugin that returns partition keys, and this delivery stream has none"),
+                ));
             }
             if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
                 let line = line_of_field(text, ds.name.as_str(), "prefix:");

@@ -4,6 +4,12 @@
 //! delivered, exactly which records that object holds and under which key. After a crash the
 //! consumer rebuilds that same object from the log, so the destination sees one object with one
 //! content under one key, however often delivery is retried (exactly-once delivery).
+//!
+//! With dynamic partitioning several objects are open at once and close in any order, so the
+//! checkpoint is a low-water mark (`next`: everything before it is delivered) plus the objects
+//! above it ([`ObjectEntry`]): in flight, delivered, or diverted to the error output. A replay
+//! from `next` skips what delivered objects hold and rebuilds the others exactly
+//! (see `crate::pipeline`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{sync_dir, LogError, SequenceNumber, ShardId};
 
-/// An object whose delivery started but was not yet confirmed.
+/// An object whose delivery started but was not yet confirmed, as checkpoints before dynamic
+/// partitioning recorded it (read only: it becomes an [`ObjectEntry`] on load).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlightObject {
     /// First and last sequence number in the object, inclusive.
@@ -36,13 +43,50 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
+/// An object of one partition above the checkpoint's low-water mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    /// The partition's identity ("" without dynamic partitioning).
+    pub partition: String,
+    /// First and last sequence number of the partition's records in the object, inclusive.
+    pub first: u64,
+    pub last: u64,
+    /// The position (next sequence number to process) at which the object was closed: records of
+    /// the partition from then on belong to later objects, and until then the partition counted
+    /// as active.
+    pub closed_at: u64,
+    /// The keys it is written under (data object first, then its conversion error object).
+    pub keys: Vec<String>,
+    pub state: ObjectState,
+}
+
+/// Where an [`ObjectEntry`]'s delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectState {
+    /// Being committed: a replay rebuilds it under the same keys.
+    InFlight,
+    /// Committed: a replay skips its records.
+    Delivered,
+    /// The store refused it for good: a replay writes its records as error documents instead.
+    Diverted { code: String, message: String },
+}
+
 /// A consumer's durable position in one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    /// The lowest sequence number not yet delivered.
+    /// The lowest sequence number not yet delivered: the low-water mark.
     pub next: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Only in checkpoints of older versions; [`CheckpointStore::load`] moves it into `objects`.
+    #[serde(default, skip_serializing)]
     pub in_flight: Option<InFlightObject>,
+    /// Objects at or above `next`, in the order they were closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectEntry>,
+    /// A fingerprint of the configuration that decides which records go to which object; a
+    /// replay under another one cannot trust `objects` (see `crate::pipeline`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub routing: String,
 }
 
 impl Checkpoint {
@@ -79,12 +123,22 @@ impl CheckpointStore {
         let path = self.path(consumer, stream, shard);
         match std::fs::read(&path) {
             Ok(raw) => {
-                serde_json::from_slice(&raw)
-                    .map(Some)
-                    .map_err(|e| LogError::BadCheckpoint {
+                let mut ck: Checkpoint =
+                    serde_json::from_slice(&raw).map_err(|e| LogError::BadCheckpoint {
                         path,
                         reason: e.to_string(),
-                    })
+                    })?;
+                if let Some(old) = ck.in_flight.take() {
+                    ck.objects.push(ObjectEntry {
+                        partition: String::new(),
+                        first: old.first,
+                        last: old.last,
+                        closed_at: old.last + 1,
+                        keys: old.keys,
+                        state: ObjectState::InFlight,
+                    });
+                }
+                Ok(Some(ck))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(LogError::Io { path, source: e }),
@@ -129,11 +183,29 @@ mod tests {
         assert_eq!(store.load("c", "s", ShardId(0)).unwrap(), None);
         let ck = Checkpoint {
             next: 42,
-            in_flight: Some(InFlightObject {
-                first: 42,
-                last: 99,
-                keys: vec!["a/b".into(), "errors/c".into()],
-            }),
+            objects: vec![
+                ObjectEntry {
+                    partition: "p".into(),
+                    first: 42,
+                    last: 99,
+                    closed_at: 120,
+                    keys: vec!["a/b".into(), "errors/c".into()],
+                    state: ObjectState::InFlight,
+                },
+                ObjectEntry {
+                    partition: "q".into(),
+                    first: 40,
+                    last: 50,
+                    closed_at: 51,
+                    keys: vec!["c/d".into()],
+                    state: ObjectState::Diverted {
+                        code: "S3.InvalidArgument".into(),
+                        message: "no".into(),
+                    },
+                },
+            ],
+            routing: "abc".into(),
+            ..Checkpoint::default()
         };
         store.save("c", "s", ShardId(0), &ck).unwrap();
         assert_eq!(store.load("c", "s", ShardId(0)).unwrap(), Some(ck));
@@ -152,7 +224,18 @@ mod tests {
         )
         .unwrap();
         let ck = store.load("c", "s", ShardId(0)).unwrap().unwrap();
-        assert_eq!(ck.in_flight.unwrap().keys, vec!["a/b".to_string()]);
+        assert_eq!(ck.in_flight, None);
+        assert_eq!(
+            ck.objects,
+            vec![ObjectEntry {
+                partition: String::new(),
+                first: 5,
+                last: 9,
+                closed_at: 10,
+                keys: vec!["a/b".to_string()],
+                state: ObjectState::InFlight,
+            }]
+        );
     }
 
     #[test]

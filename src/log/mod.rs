@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use checkpoint::{Checkpoint, CheckpointStore, InFlightObject};
+pub use checkpoint::{Checkpoint, CheckpointStore, InFlightObject, ObjectEntry, ObjectState};
 pub use shard::{Appended, DiskUsage, ShardLog, ShardReader};
 pub use stream::StreamLog;
 

@@ -354,6 +354,27 @@ class Spillway:
         )
 
 
+def run_validate(config: Path, workdir: Path) -> subprocess.CompletedProcess:
+    """``spillway validate --config <config>`` with the variables configs interpolate set
+    (``SPILLWAY_LISTEN``, ``SPILLWAY_DATA_DIR``, ``SPILLWAY_LAKE`` pointing into ``workdir``);
+    returns the finished process (text output) for the caller to check."""
+    env = dict(os.environ)
+    env.update(
+        SPILLWAY_LISTEN="127.0.0.1:0",
+        SPILLWAY_DATA_DIR=str(workdir / "data"),
+        SPILLWAY_LAKE=str(workdir / "lake"),
+    )
+    return subprocess.run(
+        [str(spillway_bin()), "validate", "--config", str(config)],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def sigv4_headers(endpoint: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
     """Return ``headers`` plus a SigV4 signature (service firehose) over ``body``."""
     from botocore.auth import SigV4Auth
