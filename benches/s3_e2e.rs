@@ -61,18 +61,6 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn vm_hwm_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse::<f64>()
-        .ok()
-        .map(|k| k / 1024.0)
-}
-
 /// (objects, bytes) in the bucket.
 fn bucket_usage(rt: &tokio::runtime::Runtime, endpoint: &str) -> (u64, u64) {
     rt.block_on(async {
@@ -142,20 +130,7 @@ fn main() {
             None,
             Arc::clone(&reqs),
         ));
-        let pid = daemon.id();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let mut peak = 0.0f64;
-        loop {
-            if let Some(v) = vm_hwm_mib(pid) {
-                peak = peak.max(v);
-            }
-            if daemon.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let peak = terminate_and_peak_rss(&mut daemon);
         let total = started.elapsed().as_secs_f64();
         let (objects, bytes) = bucket_usage(&rt, &endpoint);
         let records = outcome.calls as f64 * RECORDS_PER_CALL as f64;

@@ -56,6 +56,15 @@ enum Body {
     },
 }
 
+/// What an object holds.
+pub enum Contents {
+    /// The records themselves (compressed or converted).
+    Records,
+    /// Error documents: of an error partition (each record comes with its failure), or, with a
+    /// failure, of a data partition whose object the store refused for good.
+    Errors(Option<Failure>),
+}
+
 /// The error object of records that failed conversion.
 struct Rejected {
     key: String,
@@ -63,7 +72,7 @@ struct Rejected {
 }
 
 impl ObjectBuffer {
-    /// Starts an object under `key` whose first record is `first`.
+    /// Starts an object under `key` whose first record is `first`, holding `contents`.
     pub fn open(
         settings: Arc<DeliverySettings>,
         store: Arc<dyn ObjectStore>,
@@ -71,13 +80,16 @@ impl ObjectBuffer {
         partition: &str,
         key: String,
         first: &Record,
+        contents: Contents,
     ) -> Result<ObjectBuffer, SinkError> {
-        let writer = store.create(&key)?;
-        let body = match &settings.conversion {
-            Some(conversion) => {
+        let body = match (contents, &settings.conversion) {
+            (Contents::Errors(failure), _) => {
+                Body::Errors(Box::new(settings.errors.create(&*store, &key)?), failure)
+            }
+            (Contents::Records, Some(conversion)) => {
                 let store_error = Arc::new(Mutex::new(None));
                 let tap = ErrorTap {
-                    inner: writer,
+                    inner: store.create(&key)?,
                     error: Arc::clone(&store_error),
                 };
                 let writer = Box::new(
@@ -90,13 +102,13 @@ impl ObjectBuffer {
                     rows: 0,
                 }
             }
-            None => {
+            (Contents::Records, None) => {
                 // A ZIP's one entry is named like the object, without directories or the `.zip`.
                 let entry = key.rsplit('/').next().unwrap_or(&key);
                 let entry = entry.strip_suffix(".zip").unwrap_or(entry);
                 let encoder = settings
                     .compression
-                    .encoder(writer, entry, settings.compression_level)
+                    .encoder(store.create(&key)?, entry, settings.compression_level)
                     .map_err(|source| SinkError::Io {
                         op: "start compressor for",
                         key: key.clone(),
@@ -107,29 +119,6 @@ impl ObjectBuffer {
         };
         Ok(ObjectBuffer::new(
             settings, store, shard, partition, key, first, body,
-        ))
-    }
-
-    /// Starts an error object under `key`: an error partition's (each record comes with its
-    /// failure), or, with `failure`, a data partition's whose object the store refused for good.
-    pub fn open_errors(
-        settings: Arc<DeliverySettings>,
-        store: Arc<dyn ObjectStore>,
-        shard: ShardId,
-        partition: &str,
-        key: String,
-        first: &Record,
-        failure: Option<Failure>,
-    ) -> Result<ObjectBuffer, SinkError> {
-        let writer = Box::new(settings.errors.create(&*store, &key)?);
-        Ok(ObjectBuffer::new(
-            settings,
-            store,
-            shard,
-            partition,
-            key,
-            first,
-            Body::Errors(writer, failure),
         ))
     }
 

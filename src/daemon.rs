@@ -23,6 +23,10 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Runs the daemon until a termination signal, then drains. Returns once everything accepted is
 /// delivered, or the grace period is over (the rest stays in the log for the next start).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    match crate::fs::raise_open_files_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let opts = config.log.options();
     let instance = crate::log::instance_id(&config.data_dir)
         .with_context(|| format!("reading the instance id in {}", config.data_dir.display()))?;

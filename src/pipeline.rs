@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer::ObjectBuffer;
+use crate::buffer::{Contents, ObjectBuffer};
 use crate::compression::Compression;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorOutput, Failure, ACTIVE_PARTITION_EXCEEDED, S3_FAILED};
@@ -459,27 +459,29 @@ impl<'a> Run<'a> {
                     attempts: 1,
                 };
                 let key = s.errors.key(&f, shard, partition, record);
-                let buffer = ObjectBuffer::open_errors(
+                let buffer = ObjectBuffer::open(
                     settings,
                     store,
                     shard,
                     partition,
                     key,
                     record,
-                    Some(f),
+                    Contents::Errors(Some(f)),
                 )?;
                 Slot::open(buffer, true)
             }
             (_, Some(f)) => {
                 let key = s.errors.key(f, shard, partition, record);
-                let buffer = ObjectBuffer::open_errors(
-                    settings, store, shard, partition, key, record, None,
-                )?;
+                let contents = Contents::Errors(None);
+                let buffer =
+                    ObjectBuffer::open(settings, store, shard, partition, key, record, contents)?;
                 Slot::open(buffer, recorded.is_some())
             }
             (_, None) => {
                 let key = self.object_key(partition, keys, record);
-                let buffer = ObjectBuffer::open(settings, store, shard, partition, key, record)?;
+                let contents = Contents::Records;
+                let buffer =
+                    ObjectBuffer::open(settings, store, shard, partition, key, record, contents)?;
                 Slot::open(buffer, recorded.is_some())
             }
         };

@@ -38,25 +38,12 @@ fn kill_9_with_50_partitions_loses_and_duplicates_nothing() {
             // Fewer partitions allowed than there are: overflow records go to the error output.
             _ => ("{ size_mib: 1, interval_s: 1 }", 20),
         };
-        format!(
-            r#"listen: ${{SPILLWAY_LISTEN}}
-data_dir: ${{SPILLWAY_DATA_DIR}}
-shutdown_grace_s: 20
-log: {{ segment_mib: 1 }}
-delivery_streams:
-  - name: events
-    source: {{ direct_put: {{ shards: 2 }} }}
-    processing:
-      - metadata_extraction: {{ query: '{{customer: .customer}}' }}
-      - append_delimiter: true
-    destination:
-      s3:
-        url: file://${{SPILLWAY_LAKE}}
-        prefix: 'customer=!{{partitionKeyFromQuery:customer}}/'
-        error_output_prefix: 'errors/!{{firehose:error-output-type}}/'
-        dynamic_partitioning: {{ enabled: true, max_active_partitions: {max_active} }}
-        buffering: {buffering}
-"#
+        config_with(
+            2,
+            "      - metadata_extraction: { query: '{customer: .customer}' }\n      - append_delimiter: true\n",
+            &format!(
+                "        prefix: 'customer=!{{partitionKeyFromQuery:customer}}/'\n        error_output_prefix: 'errors/!{{firehose:error-output-type}}/'\n        dynamic_partitioning: {{ enabled: true, max_active_partitions: {max_active} }}\n        buffering: {buffering}\n"
+            ),
         )
     });
 }

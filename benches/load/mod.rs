@@ -201,6 +201,25 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Sends SIGTERM to the daemon and waits for it to exit (the drain), sampling its peak RSS (MiB).
+pub fn terminate_and_peak_rss(daemon: &mut Child) -> f64 {
+    let pid = daemon.id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let mut peak = 0.0f64;
+    loop {
+        let now = peak_rss_mib(pid);
+        if now.is_finite() {
+            peak = peak.max(now);
+        }
+        if daemon.try_wait().unwrap().is_some() {
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts a release `spillway` with `config_yaml` (its `listen:` is filled in) and waits for it.
 pub fn start_daemon(
     dir: &std::path::Path,

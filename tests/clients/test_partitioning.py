@@ -695,3 +695,37 @@ def test_custom_time_zone_names_objects_and_is_described(start):
     if described != {"CustomTimeZone": "Asia/Tokyo", "FileExtension": ".json"}:
         problems.append(f"DescribeDeliveryStream shows {described}")
     assert not problems, "\n".join(problems)
+
+
+# -- config/partitioned.yaml, as shipped --------------------------------------------------------
+
+def test_config_partitioned_yaml_runs_as_is_and_duckdb_reads_the_partitions(tmp_path):
+    """The example runs unchanged: concatenated JSON records are deaggregated, partitioned by
+    customer and month, gzip-compressed, and DuckDB's hive partitioning reads the counts back."""
+    from conftest import REPO_ROOT
+    s = seed()
+    records = monthly_records(s, n=2000)
+    lines = [json.dumps(rec).encode() for rec in records]
+    # Producers batch: every third record carries three JSON objects, concatenated.
+    batched = [b"".join(lines[i:i + 3]) if i % 9 == 0 else lines[i] for i in range(0, len(lines))
+               if i % 9 == 0 or i % 9 >= 3]
+    daemon = Spillway(tmp_path, config=REPO_ROOT / "config/partitioned.yaml")
+    daemon.start()
+    try:
+        put(daemon, "events", batched + [b'{"ts": 1}', b"not json"])
+    finally:
+        daemon.stop()
+    con = duckdb.connect()
+    glob = str(daemon.lake_dir / "customer_id=*" / "**" / "*.gz")
+    rows = con.execute(
+        "SELECT customer_id, year, month, count(*) FROM "
+        "read_ndjson(?, hive_partitioning = true, hive_types_autocast = false) GROUP BY ALL",
+        [glob]).fetchall()
+    want = collections.Counter((rec["customer_id"], *utc_month(rec["ts"])) for rec in records)
+    assert {(c, y, m): n for c, y, m, n in rows} == dict(want), f"seed {s}"
+    # The example's error prefix has a daily timestamp: errors/processing-failed/yyyy/MM/dd/.
+    failed = [json.loads(line) for p in objects_under(daemon, "errors/processing-failed/")
+              for line in split_object((daemon.lake_dir / p).read_bytes(), p.as_posix())]
+    assert sorted(raw(d) for d in failed) == [b"not json", b'{"ts": 1}'], failed
+    assert {d["errorCode"] for d in failed} == {
+        "DynamicPartitioning.PartitionKeyMissing", "Deaggregation.NotJsonObject"}, failed

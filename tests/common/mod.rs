@@ -325,8 +325,18 @@ pub fn lake_lines(lake: &Path) -> Vec<Vec<u8>> {
     lines
 }
 
-/// A config with one Direct PUT stream `events`.
+/// A config with one Direct PUT stream `events` that appends delimiters.
 pub fn stream_config(shards: u32, buffering: &str, compression: &str, extra_s3: &str) -> String {
+    config_with(
+        shards,
+        "      - append_delimiter: true\n",
+        &format!("        buffering: {buffering}\n        compression: {compression}\n{extra_s3}"),
+    )
+}
+
+/// A config with one Direct PUT stream `events` into the test's lake: `processing` and `s3` are
+/// the YAML lines of its processors and of its S3 destination after `url`.
+pub fn config_with(shards: u32, processing: &str, s3: &str) -> String {
     format!(
         r#"listen: ${{SPILLWAY_LISTEN}}
 data_dir: ${{SPILLWAY_DATA_DIR}}
@@ -336,13 +346,10 @@ delivery_streams:
   - name: events
     source: {{ direct_put: {{ shards: {shards} }} }}
     processing:
-      - append_delimiter: true
-    destination:
+{processing}    destination:
       s3:
         url: file://${{SPILLWAY_LAKE}}
-        buffering: {buffering}
-        compression: {compression}
-{extra_s3}"#
+{s3}"#
     )
 }
 

@@ -1,0 +1,193 @@
+/*
+ * json_scan.h - a deliberately tiny JSON scanner shared by the example plugins.
+ * Not part of the ABI. It walks the members of a top-level object without
+ * building anything, checks nesting and string syntax, and leaves numbers and
+ * literals loosely checked (a run of [0-9A-Za-z+-.]). Keys are compared in
+ * their raw (still escaped) form, so "m\u0073g" is not "msg".
+ */
+#ifndef SPILLWAY_JSON_SCAN_H
+#define SPILLWAY_JSON_SCAN_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define JS_MAX_DEPTH 64
+
+static inline const uint8_t *js_ws(const uint8_t *p, const uint8_t *e) {
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* p at the opening quote; returns the position after the closing quote, or NULL. */
+static inline const uint8_t *js_string_end(const uint8_t *p, const uint8_t *e) {
+    for (p++; p < e; p++) {
+        if (*p == '"') return p + 1;
+        if (*p == '\\') { if (++p == e) return NULL; }
+        else if (*p < 0x20) return NULL;
+    }
+    return NULL;
+}
+
+/* p at the first byte of a value; returns the position after it, or NULL. */
+static inline const uint8_t *js_value_end(const uint8_t *p, const uint8_t *e) {
+    char stack[JS_MAX_DEPTH];
+    int depth = 0;
+    if (p >= e) return NULL;
+    if (*p != '{' && *p != '[') {
+        if (*p == '"') return js_string_end(p, e);
+        const uint8_t *s = p;
+        while (p < e && ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+                         (*p >= 'A' && *p <= 'Z') || *p == '+' || *p == '-' || *p == '.'))
+            p++;
+        return p == s ? NULL : p;
+    }
+    while (p < e) {
+        uint8_t c = *p;
+        if (c == '"') { if (!(p = js_string_end(p, e))) return NULL; continue; }
+        if (c == '{' || c == '[') {
+            if (depth == JS_MAX_DEPTH) return NULL;
+            stack[depth++] = c == '{' ? '}' : ']';
+        } else if (c == '}' || c == ']') {
+            if (depth == 0 || stack[--depth] != c) return NULL;
+            if (depth == 0) return p + 1;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+typedef struct js_obj {
+    const uint8_t *p, *e; /* cursor, end */
+    const uint8_t *close; /* after the walk: the top-level '}' */
+    uint32_t members;
+    int state;            /* 0 first member, 1 later member, 2 done ok, -1 error */
+} js_obj;
+
+typedef struct js_member {
+    const uint8_t *key_tok;   /* the key's opening quote */
+    const uint8_t *key;       /* raw key bytes inside the quotes */
+    uint32_t key_len;
+    const uint8_t *val;       /* raw value token (strings keep their quotes) */
+    uint32_t val_len;
+} js_member;
+
+/* 1 if data starts (after whitespace) with '{'. */
+static inline int js_obj_open(js_obj *o, const uint8_t *data, uint32_t len) {
+    o->e = data + len;
+    o->p = js_ws(data, o->e);
+    o->close = NULL;
+    o->members = 0;
+    o->state = -1;
+    if (o->p == o->e || *o->p != '{') return 0;
+    o->p++;
+    o->state = 0;
+    return 1;
+}
+
+/* 1: *m is the next member; 0: end of object (o->state 2 if the whole input was
+ * one well-formed object plus whitespace, -1 if it was malformed). */
+static inline int js_obj_next(js_obj *o, js_member *m) {
+    const uint8_t *p, *e = o->e;
+    if (o->state < 0 || o->state == 2) return 0;
+    p = js_ws(o->p, e);
+    if (p < e && *p == '}' && o->state == 0) goto close;
+    if (o->state == 1) {
+        if (p < e && *p == '}') goto close;
+        if (p == e || *p != ',') goto bad;
+        p = js_ws(p + 1, e);
+    }
+    if (p == e || *p != '"') goto bad;
+    m->key_tok = p;
+    m->key = p + 1;
+    if (!(p = js_string_end(p, e))) goto bad;
+    m->key_len = (uint32_t)(p - 1 - m->key);
+    p = js_ws(p, e);
+    if (p == e || *p != ':') goto bad;
+    p = js_ws(p + 1, e);
+    m->val = p;
+    if (!(p = js_value_end(p, e))) goto bad;
+    m->val_len = (uint32_t)(p - m->val);
+    o->p = p;
+    o->state = 1;
+    o->members++;
+    return 1;
+close:
+    o->close = p;
+    if (js_ws(p + 1, e) != e) goto bad;
+    o->state = 2;
+    return 0;
+bad:
+    o->state = -1;
+    return 0;
+}
+
+static inline int js_key_is(const js_member *m, const char *k) {
+    size_t n = strlen(k);
+    return m->key_len == n && memcmp(m->key, k, n) == 0;
+}
+
+/* The member's value is exactly the JSON string "s" (no escapes in s). */
+static inline int js_val_is_str(const js_member *m, const char *s) {
+    size_t n = strlen(s);
+    return m->val_len == n + 2 && m->val[0] == '"' && memcmp(m->val + 1, s, n) == 0;
+}
+
+static inline int js_hex4(const uint8_t *p, uint32_t *v) {
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = p[i];
+        uint32_t d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                   : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : 16;
+        if (d == 16) return 0;
+        *v = *v << 4 | d;
+    }
+    return 1;
+}
+
+/* Decodes the raw string token s[0..n) (with its quotes) into out, which needs n bytes.
+ * Returns the decoded length, or -1 on a bad escape / lone surrogate. */
+static inline int32_t js_unescape(const uint8_t *s, uint32_t n, uint8_t *out) {
+    uint32_t o = 0;
+    const uint8_t *p = s + 1, *e = s + n - 1;
+    while (p < e) {
+        if (*p != '\\') { out[o++] = *p++; continue; }
+        if (e - p < 2) return -1;
+        uint8_t c = p[1];
+        p += 2;
+        switch (c) {
+        case '"': case '\\': case '/': out[o++] = c; break;
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (e - p < 4 || !js_hex4(p, &cp)) return -1;
+            p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return -1;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (e - p < 6 || p[0] != '\\' || p[1] != 'u' || !js_hex4(p + 2, &lo) ||
+                    lo < 0xDC00 || lo > 0xDFFF)
+                    return -1;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (cp < 0x80) out[o++] = (uint8_t)cp;
+            else if (cp < 0x800) { out[o++] = 0xC0 | cp >> 6; out[o++] = 0x80 | (cp & 0x3F); }
+            else if (cp < 0x10000) {
+                out[o++] = 0xE0 | cp >> 12; out[o++] = 0x80 | ((cp >> 6) & 0x3F);
+                out[o++] = 0x80 | (cp & 0x3F);
+            } else {
+                out[o++] = 0xF0 | cp >> 18; out[o++] = 0x80 | ((cp >> 12) & 0x3F);
+                out[o++] = 0x80 | ((cp >> 6) & 0x3F); out[o++] = 0x80 | (cp & 0x3F);
+            }
+            break;
+        }
+        default: return -1;
+        }
+    }
+    return (int32_t)o;
+}
+
+#endif /* SPILLWAY_JSON_SCAN_H */
