@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::compression::Encoder;
+use crate::compression::LazyEncoder;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorWriter, Failure};
 use crate::format::{
@@ -47,7 +47,7 @@ enum Body {
     /// An error object: one error document per record, with the record's failure or, for a data
     /// partition diverted to the error output, this one.
     Errors(Box<ErrorWriter>, Option<Failure>),
-    Raw(Box<Encoder<Box<dyn ObjectWriter>>>),
+    Raw(Box<LazyEncoder<Box<dyn ObjectWriter>>>),
     Columnar {
         writer: Box<ColumnarWriter<ErrorTap>>,
         /// The store's error behind a failed write, which the format writers wrap in their own.
@@ -106,14 +106,17 @@ impl ObjectBuffer {
                 // A ZIP's one entry is named like the object, without directories or the `.zip`.
                 let entry = key.rsplit('/').next().unwrap_or(&key);
                 let entry = entry.strip_suffix(".zip").unwrap_or(entry);
-                let encoder = settings
-                    .compression
-                    .encoder(store.create(&key)?, entry, settings.compression_level)
-                    .map_err(|source| SinkError::Io {
-                        op: "start compressor for",
-                        key: key.clone(),
-                        source,
-                    })?;
+                let encoder = LazyEncoder::new(
+                    settings.compression,
+                    store.create(&key)?,
+                    entry,
+                    settings.compression_level,
+                )
+                .map_err(|source| SinkError::Io {
+                    op: "start compressor for",
+                    key: key.clone(),
+                    source,
+                })?;
                 Body::Raw(Box::new(encoder))
             }
         };
@@ -210,6 +213,11 @@ impl ObjectBuffer {
         }
         let rejected = self.rejected.as_mut().expect("just set");
         rejected.writer.push(record, &failure)
+    }
+
+    /// Whether this is an error object (of error documents), which has no error output to go to.
+    pub fn holds_errors(&self) -> bool {
+        matches!(self.body, Body::Errors(..))
     }
 
     /// The object's key.

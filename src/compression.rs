@@ -327,6 +327,106 @@ impl<W: Write> Write for ZipEntry<W> {
     }
 }
 
+/// Bytes a [`LazyEncoder`] holds before it starts its compressor.
+pub const LAZY_START_BYTES: usize = 64 << 10;
+
+/// An encoder that starts its compressor only once it has [`LAZY_START_BYTES`] to compress (or at
+/// [`LazyEncoder::finish`]). A compressor's state is a few hundred KiB (zlib's window and hash
+/// tables, zstd's context), which with dynamic partitioning would be paid by every open partition;
+/// this way a partition that receives little costs only its bytes. The output decodes to what was
+/// written and is a pure function of the writes (so a replayed object is byte-identical).
+pub struct LazyEncoder<W: Write> {
+    state: Lazy<W>,
+}
+
+enum Lazy<W: Write> {
+    Pending {
+        inner: W,
+        compression: Compression,
+        entry_name: String,
+        level: Option<u32>,
+        bytes: Vec<u8>,
+    },
+    Started(Encoder<W>),
+    /// Only while switching from `Pending` to `Started`.
+    Switching,
+}
+
+impl<W: Write> LazyEncoder<W> {
+    /// An encoder for `compression` over `inner`; uncompressed output starts at once.
+    pub fn new(
+        compression: Compression,
+        inner: W,
+        entry_name: &str,
+        level: Option<u32>,
+    ) -> io::Result<LazyEncoder<W>> {
+        let state = if compression == Compression::None {
+            Lazy::Started(compression.encoder(inner, entry_name, level)?)
+        } else {
+            Lazy::Pending {
+                inner,
+                compression,
+                entry_name: entry_name.to_string(),
+                level,
+                bytes: Vec::new(),
+            }
+        };
+        Ok(LazyEncoder { state })
+    }
+
+    fn start(&mut self) -> io::Result<&mut Encoder<W>> {
+        if let Lazy::Pending { .. } = self.state {
+            let Lazy::Pending {
+                inner,
+                compression,
+                entry_name,
+                level,
+                bytes,
+            } = std::mem::replace(&mut self.state, Lazy::Switching)
+            else {
+                unreachable!("checked to be pending");
+            };
+            let mut encoder = compression.encoder(inner, &entry_name, level)?;
+            encoder.write_all(&bytes)?;
+            self.state = Lazy::Started(encoder);
+        }
+        match &mut self.state {
+            Lazy::Started(e) => Ok(e),
+            _ => Err(io::Error::other("compressor failed to start earlier")),
+        }
+    }
+
+    /// Completes the compressed stream.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.start()?;
+        match self.state {
+            Lazy::Started(e) => e.finish(),
+            _ => Err(io::Error::other("compressor failed to start")),
+        }
+    }
+}
+
+impl<W: Write> Write for LazyEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if let Lazy::Pending { bytes, .. } = &mut self.state {
+            if bytes.len() + buf.len() <= LAZY_START_BYTES {
+                bytes.extend_from_slice(buf);
+                return Ok(());
+            }
+        }
+        self.start()?.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.state {
+            Lazy::Started(e) => e.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +509,44 @@ mod tests {
                 "{c:?} output must be deterministic for exactly-once replays"
             );
             assert_eq!(decode(c, &a), payload, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn lazy_encoders_round_trip_deterministically() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::HadoopSnappy,
+            Compression::Zip,
+            Compression::Zstd,
+        ] {
+            for len in [
+                0,
+                10,
+                LAZY_START_BYTES - 1,
+                LAZY_START_BYTES,
+                LAZY_START_BYTES + 1,
+                300_000,
+            ] {
+                let encode = || {
+                    let mut lazy = LazyEncoder::new(c, Vec::new(), "entry", None).unwrap();
+                    // Uneven writes, as records are.
+                    for chunk in data[..len].chunks(977) {
+                        lazy.write_all(chunk).unwrap();
+                    }
+                    lazy.finish().unwrap()
+                };
+                let out = encode();
+                assert_eq!(decode(c, &out), &data[..len], "{c:?} {len}");
+                assert_eq!(
+                    out,
+                    encode(),
+                    "{c:?} {len}: the same writes, the same bytes"
+                );
+            }
         }
     }
 }

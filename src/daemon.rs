@@ -201,6 +201,7 @@ async fn destination(
             Partitioner::new(
                 s3.prefix.clone(),
                 ds.metadata_query().map(|q| Arc::clone(&q.query)),
+                &s3.extension(),
             )
         }),
         max_active_partitions: s3

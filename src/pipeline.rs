@@ -20,9 +20,11 @@
 //! and contents are pure functions of the records, so the store ends up with each record exactly
 //! once (Kafka Connect S3 uses the same idea: deterministic names from the first offset).
 //!
-//! A change of the routing configuration (processors, prefix, partitioning) between a crash and the
-//! restart invalidates the recorded objects: they are deleted and their records delivered again
-//! under the new configuration, so readers still see each record once.
+//! A change of the routing configuration (processors, prefix, partitioning, size hint) between a
+//! crash and the restart invalidates the recorded objects: which records they hold is only known
+//! under the old routing. Undelivered ones are removed and rebuilt under the new configuration;
+//! delivered ones stay, so their records at or above the mark are delivered again (at-least-once
+//! across that one event, never a loss).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +50,9 @@ use crate::time::{TimeZone, UtcDateTime};
 const READ_BYTES: usize = 1 << 20;
 /// Longest a pipeline sleeps before it looks at the drain flag again.
 const POLL: Duration = Duration::from_millis(100);
+/// Objects a checkpoint may record above its low-water mark before the partition holding the mark
+/// is closed early (at least; twice `max_active_partitions` when that is more).
+const MIN_RECORDED_OBJECTS: usize = 16;
 /// Error partitions are named apart from data partitions, whose ids never start with this.
 const ERROR_PARTITION: &str = "!error/";
 
@@ -246,10 +251,19 @@ impl<'a> Run<'a> {
         }
         // A checkpoint of an older version (no fingerprint) only ever holds one unpartitioned
         // object in flight, which a replay handles like any other.
-        if !ck.routing.is_empty() && ck.routing != settings.routing && !ck.objects.is_empty() {
+        if ck.routing != settings.routing && !ck.objects.is_empty() {
+            // Which records the recorded objects hold is only known under the old routing. The
+            // undelivered ones are removed and rebuilt under the new one; delivered objects stay
+            // (their records may be in the lake, and in readers' hands), so records of theirs at
+            // or above the mark are delivered again: at-least-once across this one event.
             tracing::warn!(stream = %settings.name, shard = %p.shard.id(), objects = ck.objects.len(),
-                "routing configuration changed since the last run; delivering the recorded objects' records again under the new one");
-            for key in ck.objects.iter().flat_map(|e| &e.keys) {
+                "routing configuration changed while objects were open; records of objects delivered above the checkpoint may be delivered again");
+            for key in ck
+                .objects
+                .iter()
+                .filter(|e| e.state != ObjectState::Delivered)
+                .flat_map(|e| &e.keys)
+            {
                 p.store.delete(key)?;
             }
             ck.objects.clear();
@@ -337,8 +351,32 @@ impl<'a> Run<'a> {
                     self.close(due)?;
                     backoff.reset();
                 }
+                if let Some(oldest) = self.holding_the_mark() {
+                    self.close(vec![oldest])?;
+                }
             }
         }
+    }
+
+    /// When the checkpoint records too many objects (a quiet partition holds the low-water mark
+    /// while busy ones close object after object, and every checkpoint write rewrites the list),
+    /// the partition whose object holds the mark, to close early.
+    fn holding_the_mark(&self) -> Option<String> {
+        let limit = MIN_RECORDED_OBJECTS.max(self.settings.max_active_partitions.saturating_mul(2));
+        if self.entries.len() <= limit {
+            return None;
+        }
+        self.slots
+            .iter()
+            .filter_map(|(partition, slot)| match slot {
+                Slot::Open {
+                    buffer,
+                    replaying: false,
+                } => Some((buffer.first.0, partition)),
+                _ => None,
+            })
+            .min()
+            .map(|(_, partition)| partition.clone())
     }
 
     /// Routes the pieces of one log record into their partitions; partitions that became full are
@@ -421,10 +459,17 @@ impl<'a> Run<'a> {
                 }
                 Ok(())
             }
-            Err(e) if e.is_permanent() && !is_error_partition(&partition) => {
+            Err(e)
+                if e.is_permanent()
+                    && !is_error_partition(&partition)
+                    && !buffer.holds_errors() =>
+            {
                 let (first, last) = (buffer.first.0, record.sequence.0);
                 let keys = vec![buffer.key().to_string()];
-                self.divert(&partition, first, last, last + 1, keys, e)
+                // While replaying, the partition stays active until the replay's end, as it
+                // was in the run being replayed (its later records go to the error object too).
+                let closed_at = (last + 1).max(self.replay_end);
+                self.divert(&partition, first, last, closed_at, keys, e)
             }
             Err(e) => Err(e.into()),
         }
@@ -440,11 +485,20 @@ impl<'a> Run<'a> {
         failure: Option<&Failure>,
     ) -> Result<(), PipelineError> {
         let seq = record.sequence.0;
-        let recorded = self
-            .entries
+        // A replayed object opens exactly at its first record; entries whose close has been
+        // replayed already describe earlier objects of the partition.
+        let pending = self
+            .closes
             .iter()
-            .find(|e| e.partition == partition && e.first <= seq && seq <= e.last)
-            .map(|e| e.state.clone());
+            .any(|(_, p, first)| *first == seq && p == partition);
+        let recorded = pending
+            .then(|| {
+                self.entries
+                    .iter()
+                    .find(|e| e.partition == partition && e.first == seq)
+                    .map(|e| e.state.clone())
+            })
+            .flatten();
         let s = self.settings;
         let shard = self.p.shard.id();
         let store = Arc::clone(&self.p.store);
@@ -560,8 +614,25 @@ impl<'a> Run<'a> {
                 Some(Slot::Open { buffer, .. }) if buffer.first.0 == first => {
                     closing.push(partition)
                 }
-                // The recorded object's records never came (the log lost them): nothing to close.
-                _ => {}
+                // The recorded object's records never came (the log lost them): forget it, and
+                // remove whatever an attempt at it left.
+                _ => {
+                    if let Some(i) = self
+                        .entries
+                        .iter()
+                        .position(|e| e.partition == partition && e.first == first)
+                    {
+                        let e = self.entries.remove(i);
+                        tracing::error!(stream = %self.settings.name, shard = %self.p.shard.id(),
+                            partition = %e.partition, first = e.first, last = e.last,
+                            "records of a recorded object are missing from the log");
+                        if e.state != ObjectState::Delivered {
+                            for key in &e.keys {
+                                self.p.store.delete(key)?;
+                            }
+                        }
+                    }
+                }
             }
         }
         if closing.is_empty() {
@@ -574,6 +645,7 @@ impl<'a> Run<'a> {
     /// Closes the objects of `partitions` under the exactly-once protocol of the module docs.
     fn close(&mut self, partitions: Vec<String>) -> Result<(), PipelineError> {
         let mut finished = Vec::with_capacity(partitions.len());
+        let mut diversion = None;
         for partition in partitions {
             let Some(Slot::Open { buffer, .. }) = self.slots.remove(&partition) else {
                 continue;
@@ -582,11 +654,15 @@ impl<'a> Run<'a> {
                 .active
                 .saturating_sub(usize::from(!is_error_partition(&partition)));
             let (first, last, key) = (buffer.first.0, buffer.last.0, buffer.key().to_string());
+            let divertible = !is_error_partition(&partition) && !buffer.holds_errors();
             match buffer.finish() {
                 Ok(done) => finished.push((partition, done)),
-                Err(e) if e.is_permanent() && !is_error_partition(&partition) => {
+                // Recorded, not returned at once: the objects finished before it in this batch
+                // must be recorded too, or the low-water mark would pass their records.
+                Err(e) if e.is_permanent() && divertible => {
                     let closed_at = self.processed;
-                    return self.divert(&partition, first, last, closed_at, vec![key], e);
+                    self.mark_diverted(&partition, first, last, closed_at, vec![key], &e);
+                    diversion.get_or_insert((partition, e));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -621,6 +697,12 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        if let Some((partition, error)) = diversion {
+            // The replay rebuilds the finished objects and writes the diverted one's records to
+            // the error output.
+            self.save()?;
+            return Err(PipelineError::Diverted { partition, error });
+        }
         if changed {
             self.save()?;
         }
@@ -637,7 +719,9 @@ impl<'a> Run<'a> {
             };
             match done.commit() {
                 Ok(()) => {
+                    // A delivered object's keys are not needed again: a replay only skips it.
                     self.entries[i].state = ObjectState::Delivered;
+                    self.entries[i].keys = Vec::new();
                     self.progressed = true;
                 }
                 Err(e)
@@ -667,7 +751,7 @@ impl<'a> Run<'a> {
     }
 
     /// Records that the store refused `partition`'s object for good, so that the replay writes its
-    /// records to the error output instead.
+    /// records to the error output instead, and returns the error that starts that replay.
     fn divert(
         &mut self,
         partition: &str,
@@ -677,7 +761,25 @@ impl<'a> Run<'a> {
         keys: Vec<String>,
         error: SinkError,
     ) -> Result<(), PipelineError> {
-        let state = diverted(&error);
+        self.mark_diverted(partition, first, last, closed_at, keys, &error);
+        self.save()?;
+        Err(PipelineError::Diverted {
+            partition: partition.to_string(),
+            error,
+        })
+    }
+
+    /// [`Self::divert`]'s record, without writing the checkpoint.
+    fn mark_diverted(
+        &mut self,
+        partition: &str,
+        first: u64,
+        last: u64,
+        closed_at: u64,
+        keys: Vec<String>,
+        error: &SinkError,
+    ) {
+        let state = diverted(error);
         match self
             .entries
             .iter_mut()
@@ -693,11 +795,6 @@ impl<'a> Run<'a> {
                 state,
             }),
         }
-        self.save()?;
-        Err(PipelineError::Diverted {
-            partition: partition.to_string(),
-            error,
-        })
     }
 
     /// Writes the checkpoint: the low-water mark below every open or undelivered object, and the
@@ -809,6 +906,8 @@ mod tests {
     struct MemoryStore {
         objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
         reject: Option<String>,
+        /// Writes to keys starting with this fail for good (a part upload refused).
+        reject_writes: Option<String>,
         /// One commit in `flaky` fails transiently, at random (0: never), to exercise replays.
         flaky: u64,
         commits: Arc<std::sync::atomic::AtomicU64>,
@@ -819,11 +918,19 @@ mod tests {
         data: Vec<u8>,
         objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
         fail: bool,
+        fail_writes: bool,
         reject: bool,
     }
 
     impl Write for MemoryObject {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.fail_writes {
+                return Err(std::io::Error::other(SinkError::Store {
+                    message: format!("UploadPart {}: EntityTooLarge (HTTP 400)", self.key),
+                    code: Some("EntityTooLarge".into()),
+                    permanent: true,
+                }));
+            }
             self.data.extend_from_slice(buf);
             Ok(buf.len())
         }
@@ -860,6 +967,10 @@ mod tests {
                 data: Vec::new(),
                 objects: Arc::clone(&self.objects),
                 reject: self.reject.as_deref().is_some_and(|r| key.starts_with(r)),
+                fail_writes: self
+                    .reject_writes
+                    .as_deref()
+                    .is_some_and(|r| key.starts_with(r)),
                 fail: self.flaky > 0 && {
                     // A xorshift step per object: failures land anywhere in a replay.
                     let mut x = self
@@ -1153,7 +1264,7 @@ mod tests {
         let mut s = (*settings()).clone();
         let prefix = PrefixTemplate::parse("c=!{partitionKeyFromQuery:c}/").unwrap();
         let query = crate::partition::query::MetadataQuery::compile("{c: .c}").unwrap();
-        s.partitioner = Some(Partitioner::new(prefix.clone(), Some(Arc::new(query))));
+        s.partitioner = Some(Partitioner::new(prefix.clone(), Some(Arc::new(query)), ""));
         s.prefix = prefix;
         s.errors.prefix =
             PrefixTemplate::parse_error_prefix("errors/!{firehose:error-output-type}/").unwrap();
@@ -1168,6 +1279,17 @@ mod tests {
     fn delivered(store: &MemoryStore) -> (Lines, Lines) {
         let (mut data, mut errors) = (Vec::new(), Vec::new());
         for (key, body) in store.objects.lock().unwrap().iter() {
+            let mut plain = Vec::new();
+            let body = if key.ends_with(".gz") {
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&body[..]),
+                    &mut plain,
+                )
+                .unwrap();
+                &plain
+            } else {
+                body
+            };
             for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 if let Some(rest) = key.strip_prefix("errors/") {
                     let kind = rest.split('/').next().unwrap().to_string();
@@ -1226,6 +1348,132 @@ mod tests {
         for (kind, raw) in &errors {
             assert_eq!(kind, ACTIVE_PARTITION_EXCEEDED);
             assert!(raw.starts_with(br#"{"c":"k2""#));
+        }
+    }
+
+    /// A drain closes two partitions and the second's object is refused for good while it is
+    /// finished: the first is still delivered, the second's records become s3-failed documents.
+    #[test]
+    fn a_refused_object_in_a_batch_of_closes_costs_no_other_partition() {
+        for refused in ["c=k0/", "c=k1/"] {
+            let store = Arc::new(MemoryStore {
+                reject_writes: Some(refused.into()),
+                ..MemoryStore::default()
+            });
+            let mut s = (*partitioned(500)).clone();
+            // Compressed objects write at finish (the compressor starts late), as big parts do.
+            s.compression = Compression::Gzip;
+            let records: Vec<Vec<u8>> = (0..20).map(|i| customer_record(i, i % 2, 3)).collect();
+            let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);
+            let (data, errors) = delivered(&store);
+            let mut got: Vec<Vec<u8>> = data.iter().map(|(_, l)| l.clone()).collect();
+            got.extend(errors.iter().map(|(kind, raw)| {
+                assert_eq!(kind, S3_FAILED);
+                raw.clone()
+            }));
+            got.sort();
+            let mut want = records.clone();
+            want.sort();
+            assert_eq!(got, want, "refused {refused}");
+            assert_eq!(errors.len(), 10, "refused {refused}");
+            assert!(data.iter().all(|(p, _)| format!("{p}/") != refused));
+        }
+    }
+
+    /// A quiet partition holding the low-water mark while a busy one closes object after object:
+    /// once the checkpoint records more than the bound, the quiet one is closed early, so its
+    /// later record starts a second object.
+    #[test]
+    fn a_quiet_partition_is_closed_early_when_too_many_objects_are_recorded() {
+        let store = Arc::new(MemoryStore::default());
+        let mut records = vec![customer_record(0, 0, 3)];
+        // Two of these fill the 1 MiB size hint: 20 objects of the busy partition.
+        records.extend((1..=40).map(|i| customer_record(i, 1, 520 << 10)));
+        records.push(customer_record(41, 0, 3));
+        let _dir = deliver_with(partitioned(2), Arc::clone(&store), &records, None);
+        let quiet = store
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("c=k0/"))
+            .count();
+        assert_eq!(
+            quiet, 2,
+            "the quiet partition's first object was closed early"
+        );
+        let (data, errors) = delivered(&store);
+        assert_eq!(data.len(), records.len());
+        assert!(errors.is_empty());
+    }
+
+    /// An old checkpoint's object in flight, unpartitioned, then a restart with partitioning: the
+    /// old object is removed and its records delivered into partitions (nothing pins the mark).
+    #[test]
+    fn an_old_checkpoint_under_new_routing_is_rebuilt_not_pinned() {
+        let store = Arc::new(MemoryStore::default());
+        store
+            .objects
+            .lock()
+            .unwrap()
+            .insert("data/old".into(), b"partial".to_vec());
+        let records: Vec<Vec<u8>> = (0..12).map(|i| customer_record(i, i % 3, 3)).collect();
+        let legacy = Checkpoint {
+            next: 0,
+            objects: vec![ObjectEntry {
+                partition: String::new(),
+                first: 0,
+                last: 11,
+                closed_at: 12,
+                keys: vec!["data/old".into()],
+                state: ObjectState::InFlight,
+            }],
+            routing: String::new(),
+            ..Checkpoint::default()
+        };
+        let _dir = deliver_with(partitioned(500), Arc::clone(&store), &records, Some(legacy));
+        assert!(!store.objects.lock().unwrap().contains_key("data/old"));
+        let (data, errors) = delivered(&store);
+        assert_eq!(data.len(), 12);
+        assert!(errors.is_empty());
+    }
+
+    /// A routing change after a crash with a delivered object straddling the mark: the delivered
+    /// object stays, and nothing is lost (records above the mark may come again).
+    #[test]
+    fn a_routing_change_keeps_delivered_objects_and_loses_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        store
+            .objects
+            .lock()
+            .unwrap()
+            .insert("c=k0/delivered".into(), b"kept".to_vec());
+        let records: Vec<Vec<u8>> = (0..12).map(|i| customer_record(i, i % 2, 3)).collect();
+        let crashed = Checkpoint {
+            next: 1,
+            objects: vec![ObjectEntry {
+                partition: "partitionKeyFromQuery:c=k0/".into(),
+                first: 0,
+                last: 10,
+                closed_at: 11,
+                keys: vec!["c=k0/delivered".into()],
+                state: ObjectState::Delivered,
+            }],
+            routing: "an older configuration".into(),
+            ..Checkpoint::default()
+        };
+        let _dir = deliver_with(
+            partitioned(500),
+            Arc::clone(&store),
+            &records,
+            Some(crashed),
+        );
+        let objects = store.objects.lock().unwrap();
+        assert_eq!(objects["c=k0/delivered"], b"kept");
+        drop(objects);
+        let (data, _) = delivered(&store);
+        for r in &records[1..] {
+            assert!(data.iter().any(|(_, l)| l == r), "lost {r:?}");
         }
     }
 

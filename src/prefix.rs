@@ -106,6 +106,9 @@ pub fn encode_key_value(value: &str) -> Option<String> {
     Some(out)
 }
 
+/// The longest built-in object extension, for bounding key lengths.
+const LONGEST_EXTENSION: &str = ".parquet";
+
 /// The longest error output type, for bounding evaluated error prefixes.
 const LONGEST_ERROR_TYPE: &str = "AmazonOpenSearchService-failed";
 
@@ -257,8 +260,19 @@ impl PrefixTemplate {
                 .map(|(s, n)| (s, n.to_string(), "x".to_string()))
                 .collect(),
         );
-        template.check_keys(&sample_keys, Some(LONGEST_ERROR_TYPE))?;
+        template.check_keys(&sample_keys, Some(LONGEST_ERROR_TYPE), LONGEST_EXTENSION)?;
         Ok(template)
+    }
+
+    /// Checks that the prefix still makes valid keys with `extension` (a configured
+    /// `file_extension` may be longer than the built-in ones).
+    pub fn check_extension(&self, extension: &str) -> Result<(), String> {
+        let sample_keys = PartitionKeys(
+            self.partition_keys()
+                .map(|(s, n)| (s, n.to_string(), "x".to_string()))
+                .collect(),
+        );
+        self.check_keys(&sample_keys, Some(LONGEST_ERROR_TYPE), extension)
     }
 
     /// The partition keys the prefix names, in order.
@@ -271,7 +285,13 @@ impl PrefixTemplate {
 
     /// Checks that the prefix with these key values makes valid, writable keys at any time: at
     /// most 512 characters evaluated, and a full key that stores and filesystems accept.
-    pub fn check_keys(&self, keys: &PartitionKeys, error_type: Option<&str>) -> Result<(), String> {
+    /// `extension` is the objects' extension (the key's last segment must fit too).
+    pub fn check_keys(
+        &self,
+        keys: &PartitionKeys,
+        error_type: Option<&str>,
+        extension: &str,
+    ) -> Result<(), String> {
         let sample = self.render_with(
             &UtcDateTime::from_epoch_ms(253_402_300_799_000),
             "x",
@@ -293,7 +313,7 @@ impl PrefixTemplate {
             1,
             &UtcDateTime::from_epoch_ms(0),
             &id,
-            ".snappy",
+            extension,
         );
         crate::sink::check_key(&key).map_err(|e| format!("prefix cannot form valid keys: {e}"))?;
         if key.split('/').any(|seg| seg.len() > 255) {

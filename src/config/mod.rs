@@ -404,6 +404,15 @@ impl S3Destination {
         }
     }
 
+    /// The objects' extension: `file_extension`, else the format's or the compression's.
+    pub fn extension(&self) -> String {
+        match (&self.file_extension, self.conversion()) {
+            (Some(e), _) => e.clone(),
+            (None, Some(fc)) => format!(".{}", fc.output),
+            (None, None) => self.compression.extension().to_string(),
+        }
+    }
+
     /// Dynamic partitioning, when configured and enabled.
     pub fn partitioning(&self) -> Option<&DynamicPartitioningConfig> {
         self.dynamic_partitioning.as_ref().filter(|d| d.enabled)
@@ -790,6 +799,11 @@ impl Config {
                     "destination.s3.prefix",
                     format!("!{{partitionKeyFromLambda:{k}}} needs a transformation plugin that returns partition keys, and this delivery stream has none"),
                 ));
+            }
+            if let Some(extension) = &s3.file_extension {
+                if let Err(msg) = s3.prefix.check_extension(extension) {
+                    return Err(at("destination.s3.file_extension", msg));
+                }
             }
             if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
                 let line = line_of_field(text, ds.name.as_str(), "prefix:");

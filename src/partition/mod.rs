@@ -24,12 +24,18 @@ pub struct Partitioner {
     /// The keys the prefix names, in order.
     keys: Vec<(KeySource, String)>,
     prefix: PrefixTemplate,
+    /// The objects' extension, part of the key whose length `check` bounds.
+    extension: String,
 }
 
 impl Partitioner {
     /// A partitioner for `prefix`, with the keys of `query`. The configuration has checked that the
     /// prefix's query keys have a query.
-    pub fn new(prefix: PrefixTemplate, query: Option<Arc<MetadataQuery>>) -> Partitioner {
+    pub fn new(
+        prefix: PrefixTemplate,
+        query: Option<Arc<MetadataQuery>>,
+        extension: &str,
+    ) -> Partitioner {
         let keys = prefix
             .partition_keys()
             .map(|(s, n)| (s, n.to_string()))
@@ -38,6 +44,7 @@ impl Partitioner {
             query,
             keys,
             prefix,
+            extension: extension.to_string(),
         }
     }
 
@@ -89,7 +96,7 @@ impl Partitioner {
     /// partition, when it opens.
     pub fn check(&self, keys: &PartitionKeys) -> Result<(), Failure> {
         self.prefix
-            .check_keys(keys, None)
+            .check_keys(keys, None, &self.extension)
             .map_err(|e| failure("DynamicPartitioning.InvalidPrefix", e))
     }
 }
@@ -115,6 +122,7 @@ mod tests {
         Partitioner::new(
             PrefixTemplate::parse(prefix).unwrap(),
             Some(Arc::new(MetadataQuery::compile(query).unwrap())),
+            ".gz",
         )
     }
 
@@ -163,6 +171,7 @@ mod tests {
         let p = Partitioner::new(
             PrefixTemplate::parse("k=!{partitionKeyFromLambda:k}/").unwrap(),
             None,
+            "",
         );
         let keys = p.route(b"anything", &[("k".into(), "v1".into())]).unwrap();
         assert_eq!(keys.id(), "partitionKeyFromLambda:k=v1/");
