@@ -1407,30 +1407,48 @@ mod tests {
         assert!(errors.is_empty());
     }
 
-    /// An old checkpoint's object in flight, unpartitioned, then a restart with partitioning: the
-    /// old object is removed and its records delivered into partitions (nothing pins the mark).
-    #[test]
-    fn an_old_checkpoint_under_new_routing_is_rebuilt_not_pinned() {
+    /// A memory store already holding `key`.
+    fn store_holding(key: &str, body: &[u8]) -> Arc<MemoryStore> {
         let store = Arc::new(MemoryStore::default());
         store
             .objects
             .lock()
             .unwrap()
-            .insert("data/old".into(), b"partial".to_vec());
-        let records: Vec<Vec<u8>> = (0..12).map(|i| customer_record(i, i % 3, 3)).collect();
-        let legacy = Checkpoint {
-            next: 0,
+            .insert(key.into(), body.to_vec());
+        store
+    }
+
+    /// A checkpoint at `next` recording one object of `partition`: (first, last, closed_at).
+    fn one_object(
+        next: u64,
+        partition: &str,
+        (first, last, closed_at): (u64, u64, u64),
+        key: &str,
+        state: ObjectState,
+        routing: &str,
+    ) -> Checkpoint {
+        Checkpoint {
+            next,
             objects: vec![ObjectEntry {
-                partition: String::new(),
-                first: 0,
-                last: 11,
-                closed_at: 12,
-                keys: vec!["data/old".into()],
-                state: ObjectState::InFlight,
+                partition: partition.into(),
+                first,
+                last,
+                closed_at,
+                keys: vec![key.into()],
+                state,
             }],
-            routing: String::new(),
+            routing: routing.into(),
             ..Checkpoint::default()
-        };
+        }
+    }
+
+    /// An old checkpoint's object in flight, unpartitioned, then a restart with partitioning: the
+    /// old object is removed and its records delivered into partitions (nothing pins the mark).
+    #[test]
+    fn an_old_checkpoint_under_new_routing_is_rebuilt_not_pinned() {
+        let store = store_holding("data/old", b"partial");
+        let records: Vec<Vec<u8>> = (0..12).map(|i| customer_record(i, i % 3, 3)).collect();
+        let legacy = one_object(0, "", (0, 11, 12), "data/old", ObjectState::InFlight, "");
         let _dir = deliver_with(partitioned(500), Arc::clone(&store), &records, Some(legacy));
         assert!(!store.objects.lock().unwrap().contains_key("data/old"));
         let (data, errors) = delivered(&store);
@@ -1442,26 +1460,16 @@ mod tests {
     /// object stays, and nothing is lost (records above the mark may come again).
     #[test]
     fn a_routing_change_keeps_delivered_objects_and_loses_nothing() {
-        let store = Arc::new(MemoryStore::default());
-        store
-            .objects
-            .lock()
-            .unwrap()
-            .insert("c=k0/delivered".into(), b"kept".to_vec());
+        let store = store_holding("c=k0/delivered", b"kept");
         let records: Vec<Vec<u8>> = (0..12).map(|i| customer_record(i, i % 2, 3)).collect();
-        let crashed = Checkpoint {
-            next: 1,
-            objects: vec![ObjectEntry {
-                partition: "partitionKeyFromQuery:c=k0/".into(),
-                first: 0,
-                last: 10,
-                closed_at: 11,
-                keys: vec!["c=k0/delivered".into()],
-                state: ObjectState::Delivered,
-            }],
-            routing: "an older configuration".into(),
-            ..Checkpoint::default()
-        };
+        let crashed = one_object(
+            1,
+            "partitionKeyFromQuery:c=k0/",
+            (0, 10, 11),
+            "c=k0/delivered",
+            ObjectState::Delivered,
+            "an older configuration",
+        );
         let _dir = deliver_with(
             partitioned(500),
             Arc::clone(&store),
