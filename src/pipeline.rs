@@ -26,6 +26,7 @@
 //! delivered ones stay, so their records at or above the mark are delivered again (at-least-once
 //! across that one event, never a loss).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -235,6 +236,8 @@ struct Run<'a> {
     /// The next sequence number to process.
     processed: u64,
     scratch: Vec<Outcome>,
+    /// The partition id of the record being placed (reused: no allocation per record).
+    id: String,
     /// Whether this run delivered an object.
     progressed: bool,
 }
@@ -282,6 +285,7 @@ impl<'a> Run<'a> {
             entries: ck.objects,
             processed: ck.next,
             scratch: Vec::new(),
+            id: String::new(),
             progressed: false,
         };
         run.closes.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
@@ -389,73 +393,88 @@ impl<'a> Run<'a> {
             self.settings.processors.run(record, &mut outcomes);
         }
         let mut result = Ok(());
+        let mut id = std::mem::take(&mut self.id);
         for outcome in outcomes.drain(..) {
-            let (partition, keys, record, failure) = match outcome {
+            let placed = match outcome {
                 Outcome::Ok(r) => match &self.settings.partitioner {
-                    None => (String::new(), None, r, None),
-                    Some(partitioner) => match partitioner.route(&r.data, &[]) {
-                        Ok(keys) => (keys.id(), Some(keys), r, None),
-                        Err(f) => (error_partition(f.output_type), None, r, Some(f)),
+                    None => self.place(Cow::Borrowed(""), false, &r, None, full),
+                    Some(partitioner) => match partitioner.id_into(&r.data, &[], &mut id) {
+                        Ok(()) => self.place(Cow::Borrowed(&id), true, &r, None, full),
+                        Err(f) => {
+                            let partition = Cow::Owned(error_partition(f.output_type));
+                            self.place(partition, false, &r, Some(f), full)
+                        }
                     },
                 },
-                Outcome::Failed(r, f) => (error_partition(f.output_type), None, r, Some(f)),
+                Outcome::Failed(r, f) => {
+                    let partition = Cow::Owned(error_partition(f.output_type));
+                    self.place(partition, false, &r, Some(f), full)
+                }
             };
-            if let Err(e) = self.place(partition, keys, &record, failure, full) {
+            if let Err(e) = placed {
                 result = Err(e);
                 break;
             }
         }
+        self.id = id;
         outcomes.clear();
         self.scratch = outcomes;
         result
     }
 
-    /// Puts one record into its partition's object, opening it (or its ghost) if needed.
+    /// Puts one record into its partition's object, opening it (or its ghost) if needed. `keyed`:
+    /// a data partition of dynamic partitioning, whose keys are looked up when it opens.
     fn place(
         &mut self,
-        mut partition: String,
-        keys: Option<PartitionKeys>,
+        mut partition: Cow<'_, str>,
+        keyed: bool,
         record: &Record,
         mut failure: Option<Failure>,
         full: &mut Vec<String>,
     ) -> Result<(), PipelineError> {
-        if !self.slots.contains_key(&partition) {
-            if let Some(keys) = &keys {
-                let refused = if self.active >= self.settings.max_active_partitions {
-                    Some(Failure {
+        if !self.slots.contains_key(&*partition) {
+            let mut keys = None;
+            if let (true, Some(partitioner)) = (keyed, &self.settings.partitioner) {
+                // The record's keys, again (a pure function of it), now that they are needed.
+                let refused = match partitioner.route(&record.data, &[]) {
+                    Err(f) => Some(f),
+                    Ok(_) if self.active >= self.settings.max_active_partitions => Some(Failure {
                         output_type: ACTIVE_PARTITION_EXCEEDED,
                         code: "DynamicPartitioning.ActivePartitionExceeded".into(),
                         message: format!(
-                            "more than {} partitions are active in shard {}; the record's partition {} is not opened",
+                            "more than {} partitions are active in shard {}; the record's partition {partition} is not opened",
                             self.settings.max_active_partitions,
                             self.p.shard.id(),
-                            keys.id()
                         ),
                         attempts: 1,
-                    })
-                } else {
-                    self.settings
-                        .partitioner
-                        .as_ref()
-                        .and_then(|p| p.check(keys).err())
+                    }),
+                    Ok(k) => match partitioner.check(&k) {
+                        Err(f) => Some(f),
+                        Ok(()) => {
+                            keys = Some(k);
+                            None
+                        }
+                    },
                 };
                 if let Some(f) = refused {
-                    partition = error_partition(f.output_type);
+                    partition = Cow::Owned(error_partition(f.output_type));
                     failure = Some(f);
                 }
             }
-            if !self.slots.contains_key(&partition) {
+            if !self.slots.contains_key(&*partition) {
                 self.open(&partition, keys.as_ref(), record, failure.as_ref())?;
             }
         }
-        let Some(Slot::Open { buffer, replaying }) = self.slots.get_mut(&partition) else {
+        let Some(Slot::Open { buffer, replaying }) = self.slots.get_mut(&*partition) else {
             return Ok(()); // a ghost: the record is in a delivered object
         };
         match buffer.push(record, failure.as_ref()) {
             Ok(()) => {
-                if !*replaying && buffer.is_full(&self.settings.hints) && !full.contains(&partition)
+                if !*replaying
+                    && buffer.is_full(&self.settings.hints)
+                    && !full.iter().any(|p| *p == *partition)
                 {
-                    full.push(partition);
+                    full.push(partition.into_owned());
                 }
                 Ok(())
             }

@@ -89,11 +89,16 @@ impl PartitionKeys {
 
 /// Encodes a partition key value for a key (see the module docs); `None` for an empty value.
 pub fn encode_key_value(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    encode_key_value_into(value, &mut out).then_some(out)
+}
+
+/// [`encode_key_value`], appending to `out`; `false` (and nothing appended) for an empty value.
+pub fn encode_key_value_into(value: &str, out: &mut String) -> bool {
     if value.is_empty() {
-        return None;
+        return false;
     }
     let only_dots = value.bytes().all(|b| b == b'.');
-    let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         let safe =
             b.is_ascii_alphanumeric() || b"!-_*'()".contains(&b) || (b == b'.' && !only_dots);
@@ -103,7 +108,7 @@ pub fn encode_key_value(value: &str) -> Option<String> {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    Some(out)
+    true
 }
 
 /// The longest built-in object extension, for bounding key lengths.

@@ -10,10 +10,14 @@
 
 pub mod query;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::error_output::Failure;
-use crate::prefix::{encode_key_value, KeySource, PartitionKeys, PrefixTemplate};
+
+use crate::prefix::{
+    encode_key_value, encode_key_value_into, KeySource, PartitionKeys, PrefixTemplate,
+};
 use crate::process::PROCESSING_FAILED;
 use query::{ExtractError, MetadataQuery};
 
@@ -55,13 +59,48 @@ impl Partitioner {
         data: &[u8],
         lambda: &[(String, String)],
     ) -> Result<PartitionKeys, Failure> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        self.visit(data, lambda, |source, name, value| {
+            let encoded = encode_key_value(value).ok_or_else(|| empty(source, name))?;
+            keys.push((source, name.to_string(), encoded));
+            Ok(())
+        })?;
+        Ok(PartitionKeys(keys))
+    }
+
+    /// The identity ([`PartitionKeys::id`]) of the record's partition, written into `out`
+    /// without building its keys: the per-record path, which needs the keys only when a
+    /// partition opens.
+    pub fn id_into(
+        &self,
+        data: &[u8],
+        lambda: &[(String, String)],
+        out: &mut String,
+    ) -> Result<(), Failure> {
+        out.clear();
+        self.visit(data, lambda, |source, name, value| {
+            let _ = write!(out, "{}:{name}=", source.namespace());
+            if !encode_key_value_into(value, out) {
+                return Err(empty(source, name));
+            }
+            out.push('/');
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with each key the prefix names and the record's (unencoded) value for it.
+    fn visit(
+        &self,
+        data: &[u8],
+        lambda: &[(String, String)],
+        mut f: impl FnMut(KeySource, &str, &str) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
         let extracted = match &self.query {
             Some(q) if self.keys.iter().any(|(s, _)| *s == KeySource::Query) => {
                 q.extract(data).map_err(|e| extract_failure(&e))?
             }
             _ => Vec::new(),
         };
-        let mut keys = Vec::with_capacity(self.keys.len());
         for (source, name) in &self.keys {
             let from = match source {
                 KeySource::Query => &extracted,
@@ -80,16 +119,9 @@ impl Partitioner {
                         ),
                     )
                 })?;
-            let encoded = encode_key_value(value).ok_or_else(|| {
-                failure(
-                    "DynamicPartitioning.PartitionKeyEmpty",
-                    format!("the value of !{{{}:{name}}} is empty", source.namespace()),
-                )
-            })?;
-            keys.push((*source, name.clone(), encoded));
+            f(*source, name, value)?;
         }
-        let keys = PartitionKeys(keys);
-        Ok(keys)
+        Ok(())
     }
 
     /// Checks that a new partition's values form valid keys (length limits); run once per
@@ -108,6 +140,13 @@ fn failure(code: &str, message: String) -> Failure {
         message,
         attempts: 1,
     }
+}
+
+fn empty(source: KeySource, name: &str) -> Failure {
+    failure(
+        "DynamicPartitioning.PartitionKeyEmpty",
+        format!("the value of !{{{}:{name}}} is empty", source.namespace()),
+    )
 }
 
 fn extract_failure(e: &ExtractError) -> Failure {
@@ -143,6 +182,26 @@ mod tests {
             ]
         );
         p.check(&keys).unwrap();
+    }
+
+    #[test]
+    fn the_id_path_agrees_with_the_keys_path() {
+        let p = partitioner(
+            "a=!{partitionKeyFromQuery:a}/b=!{partitionKeyFromQuery:b}/",
+            "{a: .a, b: .b}",
+        );
+        let mut id = String::from("stale");
+        for data in [
+            &br#"{"a":"x/y","b":2}"#[..],
+            br#"{"a":"..","b":true}"#,
+            br#"{"a":"","b":1}"#,
+            br#"{"a":"v"}"#,
+            b"nope",
+        ] {
+            let by_keys = p.route(data, &[]).map(|k| k.id());
+            let by_id = p.id_into(data, &[], &mut id).map(|()| id.clone());
+            assert_eq!(format!("{by_keys:?}"), format!("{by_id:?}"), "{data:?}");
+        }
     }
 
     #[test]
