@@ -212,6 +212,12 @@ def test_every_fault_kind_under_load_loses_and_duplicates_nothing(tmp_path, stor
         proxy.fault_rate = FAULT_RATE
         with Load(daemon, CLIENT_THREADS, f"faults-{compression}", LOAD_MIB_S[compression]) as load:
             time.sleep(LOAD_S)
+            # Faults are drawn at random per request: keep the load on until every kind has come
+            # up (a slow run may make few requests), within a bound.
+            deadline = time.monotonic() + 2 * LOAD_S
+            while (time.monotonic() < deadline
+                   and any(not proxy.counters()["injected"].get(k) for k in FAULT_KINDS)):
+                time.sleep(0.5)
         proxy.fault_rate = 0
         load_s = time.monotonic() - began
         rss = peak_rss_mib(daemon.proc.pid)
