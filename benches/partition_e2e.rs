@@ -9,9 +9,6 @@
 
 mod load;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use load::*;
 
 struct Variant {
@@ -95,18 +92,8 @@ fn main() {
             v.s3,
             v.compression,
         );
-        let (mut daemon, addr) = start_daemon(dir.path(), &config, &[]);
-        let (reqs, payload_per_call) = prepared_requests(addr);
-        let started = Instant::now();
-        let outcome = rt.block_on(run_load(
-            addr,
-            connections,
-            Duration::from_secs(seconds),
-            None,
-            Arc::clone(&reqs),
-        ));
-        let peak = terminate_and_peak_rss(&mut daemon);
-        let total = started.elapsed().as_secs_f64();
+        let (outcome, payload_per_call, peak, total) =
+            load_then_drain(&rt, dir.path(), &config, &[], connections, seconds);
         let (objects, _) = count_files(&lake);
         let records = outcome.calls as f64 * RECORDS_PER_CALL as f64;
         assert_eq!(outcome.errors, 0, "{}: requests failed", v.label);

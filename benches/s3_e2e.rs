@@ -11,8 +11,6 @@ mod load;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use load::*;
 
@@ -120,18 +118,8 @@ fn main() {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
         ];
-        let (mut daemon, addr) = start_daemon(dir.path(), &config, &env);
-        let (reqs, payload_per_call) = prepared_requests(addr);
-        let started = Instant::now();
-        let outcome = rt.block_on(run_load(
-            addr,
-            connections,
-            Duration::from_secs(seconds),
-            None,
-            Arc::clone(&reqs),
-        ));
-        let peak = terminate_and_peak_rss(&mut daemon);
-        let total = started.elapsed().as_secs_f64();
+        let (outcome, payload_per_call, peak, total) =
+            load_then_drain(&rt, dir.path(), &config, &env, connections, seconds);
         let (objects, bytes) = bucket_usage(&rt, &endpoint);
         let records = outcome.calls as f64 * RECORDS_PER_CALL as f64;
         println!(

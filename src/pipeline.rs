@@ -1326,6 +1326,25 @@ mod tests {
         (data, errors)
     }
 
+    /// The records delivered (data lines and, all of `error_type`, error documents' raw data)
+    /// and the records put, both sorted, to compare.
+    fn sorted_records(
+        data: &Lines,
+        errors: &Lines,
+        error_type: &str,
+        put: &[Vec<u8>],
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut got: Vec<Vec<u8>> = data.iter().map(|(_, l)| l.clone()).collect();
+        got.extend(errors.iter().map(|(kind, raw)| {
+            assert_eq!(kind, error_type);
+            raw.clone()
+        }));
+        got.sort();
+        let mut want = put.to_vec();
+        want.sort();
+        (got, want)
+    }
+
     fn customer_record(i: usize, customer: usize, pad: usize) -> Vec<u8> {
         format!(
             r#"{{"c":"k{customer}","i":{i},"pad":"{}"}}"#,
@@ -1385,14 +1404,7 @@ mod tests {
             let records: Vec<Vec<u8>> = (0..20).map(|i| customer_record(i, i % 2, 3)).collect();
             let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);
             let (data, errors) = delivered(&store);
-            let mut got: Vec<Vec<u8>> = data.iter().map(|(_, l)| l.clone()).collect();
-            got.extend(errors.iter().map(|(kind, raw)| {
-                assert_eq!(kind, S3_FAILED);
-                raw.clone()
-            }));
-            got.sort();
-            let mut want = records.clone();
-            want.sort();
+            let (got, want) = sorted_records(&data, &errors, S3_FAILED, &records);
             assert_eq!(got, want, "refused {refused}");
             assert_eq!(errors.len(), 10, "refused {refused}");
             assert!(data.iter().all(|(p, _)| format!("{p}/") != refused));
@@ -1524,14 +1536,8 @@ mod tests {
                 .collect();
             let _dir = deliver_with(partitioned(max_active), Arc::clone(&store), &records, None);
             let (data, errors) = delivered(&store);
-            let mut got: Vec<Vec<u8>> = data.iter().map(|(_, l)| l.clone()).collect();
-            got.extend(errors.iter().map(|(kind, raw)| {
-                assert_eq!(kind, ACTIVE_PARTITION_EXCEEDED);
-                raw.clone()
-            }));
-            got.sort();
-            let mut want = records.clone();
-            want.sort();
+            let (got, want) =
+                sorted_records(&data, &errors, ACTIVE_PARTITION_EXCEEDED, &records);
             proptest::prop_assert_eq!(got.len(), want.len());
             proptest::prop_assert!(got == want, "records lost or duplicated");
             for (part, line) in &data {

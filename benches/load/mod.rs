@@ -201,6 +201,36 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// One benchmark round: a release daemon on `config_yaml`, `seconds` of PutRecordBatch load from
+/// `connections`, then SIGTERM and the drain. Returns the load's outcome, the payload bytes per
+/// call, the daemon's peak RSS (MiB) and the seconds from the first call until the daemon exited.
+pub fn load_then_drain(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    config_yaml: &str,
+    env: &[(&str, String)],
+    connections: usize,
+    seconds: u64,
+) -> (Outcome, f64, f64, f64) {
+    let (mut daemon, addr) = start_daemon(dir, config_yaml, env);
+    let (reqs, payload_per_call) = prepared_requests(addr);
+    let started = Instant::now();
+    let outcome = rt.block_on(run_load(
+        addr,
+        connections,
+        Duration::from_secs(seconds),
+        None,
+        reqs,
+    ));
+    let peak = terminate_and_peak_rss(&mut daemon);
+    (
+        outcome,
+        payload_per_call,
+        peak,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
 /// Sends SIGTERM to the daemon and waits for it to exit (the drain), sampling its peak RSS (MiB).
 pub fn terminate_and_peak_rss(daemon: &mut Child) -> f64 {
     let pid = daemon.id();
