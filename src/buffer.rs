@@ -202,6 +202,7 @@ impl ObjectBuffer {
             },
             message: error.to_string(),
             attempts: 1,
+            plugin: None,
         };
         if self.rejected.is_none() {
             let key = self

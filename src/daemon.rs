@@ -16,6 +16,7 @@ use crate::partition::Partitioner;
 use crate::pipeline::{DeliverySettings, Pipeline};
 use crate::process::Processors;
 use crate::sink::{LocalStore, ObjectStore, S3Store};
+use crate::transform::Transforms;
 
 /// How often sealed segments are checked against retention.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
@@ -197,6 +198,7 @@ async fn destination(
             .transpose()
             .map_err(anyhow::Error::msg)?,
         processors: Processors::from_config(&ds.processing),
+        transforms: Transforms::load(&ds.processing, Some(&data_dir.join("plugins")))?,
         partitioner: s3.partitioning().map(|_| {
             Partitioner::new(
                 s3.prefix.clone(),

@@ -34,6 +34,9 @@ pub struct Failure {
     pub code: String,
     pub message: String,
     pub attempts: u32,
+    /// The transformation plugin that failed the record, written as the document's `lambdaArn`
+    /// (Firehose's field for the function) in the form `wasm:<module path>#<function>`.
+    pub plugin: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Serialize)]
@@ -45,6 +48,8 @@ struct ErrorDocument<'a> {
     error_message: &'a str,
     attempt_ending_timestamp: i64,
     raw_data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lambda_arn: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -163,6 +168,7 @@ impl ErrorWriter {
                     error_message: &failure.message,
                     attempt_ending_timestamp: now_ms(),
                     raw_data,
+                    lambda_arn: failure.plugin.as_deref(),
                 },
             )
         };

@@ -2,7 +2,7 @@
 //!
 //! Data path, one module per box: [`ingest`] (Direct PUT endpoint) → [`log`] (durable shard log) →
 //! [`pipeline`] (one consumer per delivery stream and shard) → [`process`] (decompression,
-//! deaggregation) → [`partition`] (dynamic partitioning) → [`buffer`] (object being filled,
+//! deaggregation) → [`transform`] (WebAssembly plugins) → [`partition`] (dynamic partitioning) → [`buffer`] (object being filled,
 //! [`compression`] streamed) → [`sink`] (object store), named by [`prefix`]. [`config`] reads the YAML
 //! file; [`daemon`] wires it all together.
 
@@ -21,3 +21,4 @@ pub mod prefix;
 pub mod process;
 pub mod sink;
 pub mod time;
+pub mod transform;

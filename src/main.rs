@@ -36,6 +36,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(c) => {
+                // Plugins are compiled and initialised here too, so that a module the daemon
+                // would refuse fails validation.
+                for ds in &c.delivery_streams {
+                    if let Err(e) = spillway::transform::Transforms::load(&ds.processing, None) {
+                        eprintln!(
+                            "error: {}: delivery stream {}: {e}",
+                            config.display(),
+                            ds.name.as_str()
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
                 println!(
                     "{}: ok ({} delivery stream{})",
                     config.display(),

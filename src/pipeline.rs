@@ -46,6 +46,7 @@ use crate::prefix::{self, PartitionKeys, PrefixTemplate};
 use crate::process::{Outcome, Processors, Record};
 use crate::sink::{ObjectStore, SinkError};
 use crate::time::{TimeZone, UtcDateTime};
+use crate::transform::Transforms;
 
 /// Bytes read from the log per step (the pipeline's read buffer).
 const READ_BYTES: usize = 1 << 20;
@@ -81,6 +82,8 @@ pub struct DeliverySettings {
     pub conversion: Option<FormatConversion>,
     /// Decompression and deaggregation.
     pub processors: Processors,
+    /// The transformation plugins, after the processors.
+    pub transforms: Transforms,
     /// Dynamic partitioning, if on, and its limit on partitions open at once per shard.
     pub partitioner: Option<Partitioner>,
     pub max_active_partitions: usize,
@@ -313,7 +316,8 @@ impl<'a> Run<'a> {
             .drop_cache_behind();
         let mut full = Vec::new();
         loop {
-            let batch = reader.read(MAX_READ_RECORDS, READ_BYTES)?;
+            let bytes = READ_BYTES.max(self.settings.transforms.buffer_bytes());
+            let batch = reader.read(MAX_READ_RECORDS, bytes)?;
             if batch.is_empty() {
                 self.replay_closes(self.processed)?;
                 if self.replaying() && shard.durable_end().0 <= self.processed {
@@ -340,9 +344,24 @@ impl<'a> Run<'a> {
                 reader.wait(wait.max(Duration::from_millis(1)));
                 continue;
             }
-            for record in &batch {
+            // With plugins, the whole read goes through them before its records are placed.
+            let mut transformed = (!self.settings.transforms.is_empty())
+                .then(|| self.transform(&batch).into_iter().peekable());
+            for (i, record) in batch.iter().enumerate() {
                 self.replay_closes(record.sequence.0)?;
-                self.take(record, &mut full)?;
+                let mut outcomes = std::mem::take(&mut self.scratch);
+                match &mut transformed {
+                    None if self.settings.processors.is_empty() => {
+                        outcomes.push(Outcome::Ok(Record::whole(record)))
+                    }
+                    None => self.settings.processors.run(record, &mut outcomes),
+                    Some(t) => {
+                        while let Some((_, o)) = t.next_if(|(j, _)| *j == i) {
+                            outcomes.push(o);
+                        }
+                    }
+                }
+                self.take(outcomes, &mut full)?;
                 self.processed = record.sequence.0 + 1;
                 if !full.is_empty() {
                     self.close(std::mem::take(&mut full))?;
@@ -383,22 +402,49 @@ impl<'a> Run<'a> {
             .map(|(_, partition)| partition.clone())
     }
 
-    /// Routes the pieces of one log record into their partitions; partitions that became full are
-    /// added to `full`.
-    fn take(&mut self, record: &LogRecord, full: &mut Vec<String>) -> Result<(), PipelineError> {
-        let mut outcomes = std::mem::take(&mut self.scratch);
-        if self.settings.processors.is_empty() {
-            outcomes.push(Outcome::Ok(Record::whole(record)));
-        } else {
-            self.settings.processors.run(record, &mut outcomes);
+    /// The processors' and plugins' outcomes for a read, each tagged with the index of its log
+    /// record; the pieces of one log record are numbered again (`sub`) as the plugins left them.
+    fn transform(&self, batch: &[LogRecord]) -> Vec<(usize, Outcome)> {
+        let mut items = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            if self.settings.processors.is_empty() {
+                outcomes.push(Outcome::Ok(Record::whole(record)));
+            } else {
+                self.settings.processors.run(record, &mut outcomes);
+            }
+            items.extend(outcomes.drain(..).map(|o| (i, o)));
         }
+        let mut items = self.settings.transforms.run(items);
+        let mut last = (usize::MAX, 0u32);
+        for (i, outcome) in &mut items {
+            let sub = if last.0 == *i { last.1 + 1 } else { 0 };
+            last = (*i, sub);
+            match outcome {
+                Outcome::Ok(r) | Outcome::Failed(r, _) => r.sub = sub,
+            }
+        }
+        items
+    }
+
+    /// Routes the pieces of one log record (`outcomes`, given back emptied as the scratch
+    /// vector) into their partitions; partitions that became full are added to `full`.
+    fn take(
+        &mut self,
+        mut outcomes: Vec<Outcome>,
+        full: &mut Vec<String>,
+    ) -> Result<(), PipelineError> {
         let mut result = Ok(());
         let mut id = std::mem::take(&mut self.id);
         for outcome in outcomes.drain(..) {
             let placed = match outcome {
                 Outcome::Ok(r) => match &self.settings.partitioner {
                     None => self.place(Cow::Borrowed(""), false, &r, None, full),
-                    Some(partitioner) => match partitioner.id_into(&r.data, &[], &mut id) {
+                    Some(partitioner) => match partitioner.id_into(
+                        &r.data,
+                        r.keys.as_deref().unwrap_or(&[]),
+                        &mut id,
+                    ) {
                         Ok(()) => self.place(Cow::Borrowed(&id), true, &r, None, full),
                         Err(f) => {
                             let partition = Cow::Owned(error_partition(f.output_type));
@@ -436,7 +482,8 @@ impl<'a> Run<'a> {
             let mut keys = None;
             if let (true, Some(partitioner)) = (keyed, &self.settings.partitioner) {
                 // The record's keys, again (a pure function of it), now that they are needed.
-                let refused = match partitioner.route(&record.data, &[]) {
+                let lambda = record.keys.as_deref().unwrap_or(&[]);
+                let refused = match partitioner.route(&record.data, lambda) {
                     Err(f) => Some(f),
                     Ok(_) if self.active >= self.settings.max_active_partitions => Some(Failure {
                         output_type: ACTIVE_PARTITION_EXCEEDED,
@@ -447,6 +494,7 @@ impl<'a> Run<'a> {
                             self.p.shard.id(),
                         ),
                         attempts: 1,
+                        plugin: None,
                     }),
                     Ok(k) => match partitioner.check(&k) {
                         Err(f) => Some(f),
@@ -530,6 +578,7 @@ impl<'a> Run<'a> {
                     code: code.clone(),
                     message: message.clone(),
                     attempts: 1,
+                    plugin: None,
                 };
                 let key = s.errors.key(&f, shard, partition, record);
                 let buffer = ObjectBuffer::open(
@@ -1039,6 +1088,7 @@ mod tests {
             },
             conversion: None,
             processors: Processors::default(),
+            transforms: Transforms::default(),
             partitioner: None,
             max_active_partitions: 500,
             routing: "test".into(),

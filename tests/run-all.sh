@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Spillway test from a fresh clone, installing what the tests need by itself:
 #   1. formatting and lints (cargo fmt --check, cargo clippy -D warnings);
-#   2. Rust unit, property and end-to-end tests (cargo test: the log, the endpoint, the kill -9 crash
+#   2. the example and hostile WASM plugins (transforms/build.sh), which the tests load;
+#   3. Rust unit, property and end-to-end tests (cargo test: the log, the endpoint, the kill -9 crash
 #      test, drain, compression, the CLI and every example config);
-#   3. the client tests: unmodified boto3 and AWS CLI against the daemon, from a Python venv with
+#   4. the client tests: unmodified boto3 and AWS CLI against the daemon, from a Python venv with
 #      pinned packages (tests/clients/requirements.txt) created in .venv on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== WASM plugins (transforms/build.sh: Debian clang + wasi-libc, installed when missing)"
+transforms/build.sh
 echo "== cargo test"
 cargo test --locked
 

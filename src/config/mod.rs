@@ -23,7 +23,7 @@ pub use format_conversion::{
 };
 pub use processing::{
     check_processors, CloudWatchLogsConfig, CompiledQuery, DeaggregateConfig, DecompressFormat,
-    DynamicPartitioningConfig, MetadataExtractionConfig, Processor, SubRecordType,
+    DynamicPartitioningConfig, MetadataExtractionConfig, Processor, SubRecordType, WasmConfig,
 };
 
 /// A configuration error, already formatted as `file:line:column: field: problem`.
@@ -695,7 +695,16 @@ impl Config {
             .map_err(|(line, msg)| ConfigError(format!("{origin}:{line}: {msg}")))?;
         let mut config: Config = parse_yaml(&text, origin)?;
         config.check_across_fields(&text, origin)?;
-        for ds in &mut config.delivery_streams {
+        for (i, ds) in config.delivery_streams.iter_mut().enumerate() {
+            for (j, p) in ds.processing.iter_mut().enumerate() {
+                if let Processor::Wasm(w) = p {
+                    w.load_module(base).map_err(|msg| {
+                        ConfigError(format!(
+                            "{origin}: delivery_streams[{i}].processing[{j}].wasm.module: {msg}"
+                        ))
+                    })?;
+                }
+            }
             let Destination::S3(s3) = &mut ds.destination;
             if let Some(fc) = &mut s3.format_conversion {
                 fc.load_schema_file(base)?;
@@ -790,10 +799,14 @@ impl Config {
                     ),
                 ));
             }
+            let has_plugin = ds
+                .processing
+                .iter()
+                .any(|p| matches!(p, Processor::Wasm(_)));
             if let Some((_, k)) = s3
                 .prefix
                 .partition_keys()
-                .find(|(s, _)| *s == crate::prefix::KeySource::Lambda)
+                .find(|(s, _)| *s == crate::prefix::KeySource::Lambda && !has_plugin)
             {
                 return Err(at(
                     "destination.s3.prefix",

@@ -2,10 +2,12 @@
 //! and `DynamicPartitioningConfiguration`).
 //!
 //! Processors run in Firehose's order whatever order they are listed in is checked against:
-//! `decompress` → `cloudwatch_logs` → `deaggregate` → `metadata_extraction`; `append_delimiter` may
+//! `decompress` → `cloudwatch_logs` → `deaggregate` → `wasm` (any number, in the order listed) →
+//! `metadata_extraction`; `append_delimiter` may
 //! stand anywhere (it applies as records enter the object).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
@@ -28,8 +30,107 @@ pub enum Processor {
     CloudwatchLogs(CloudWatchLogsConfig),
     /// Firehose `RecordDeAggregation`: one record into several.
     Deaggregate(DeaggregateConfig),
+    /// Firehose `Lambda`: a WebAssembly transformation plugin (see `crate::transform`). May be
+    /// listed several times; plugins run in the order listed.
+    Wasm(WasmConfig),
     /// Firehose `MetadataExtraction`: partition keys from a jq query.
     MetadataExtraction(MetadataExtractionConfig),
+}
+
+/// Options of a `wasm` processor.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmConfig {
+    /// The plugin module (`.wasm`, or `.wat` text), relative to the configuration file.
+    pub module: PathBuf,
+    /// The transform export to call (ABI: `(i32, i32) -> i64`); one module may hold several.
+    #[serde(default = "default_function")]
+    pub function: String,
+    /// Text passed to the plugin's `spillway_init`.
+    #[serde(default)]
+    pub config: String,
+    /// Most record bytes sent per call (Firehose's Lambda `BufferSizeInMBs`: 0.2 to 3).
+    #[serde(default = "default_buffer_mib", deserialize_with = "buffer_mib")]
+    pub buffer_mib: f64,
+    /// Retries of a failed batch before its records go to `processing-failed` (Firehose: 3).
+    #[serde(
+        default = "default_retries",
+        deserialize_with = "super::in_range::<_, 0, 300>"
+    )]
+    pub number_of_retries: u64,
+    /// Deadline of every call into the plugin, in milliseconds (Lambda's limit: 5 minutes).
+    #[serde(
+        default = "default_timeout_ms",
+        deserialize_with = "super::in_range::<_, 1, 300000>"
+    )]
+    pub timeout_ms: u64,
+    /// Cap of the plugin instance's memory, in MiB.
+    #[serde(
+        default = "default_memory_mib",
+        deserialize_with = "super::in_range::<_, 1, 4096>"
+    )]
+    pub memory_mib: u64,
+    /// The module's bytes, read with the configuration.
+    #[serde(skip)]
+    pub bytes: Arc<Vec<u8>>,
+    /// Hex SHA-256 of `bytes`.
+    #[serde(skip)]
+    pub digest: String,
+}
+
+impl fmt::Debug for WasmConfig {
+    /// What decides the plugin's output: part of the routing fingerprint.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmConfig")
+            .field("module", &self.module)
+            .field("digest", &self.digest)
+            .field("function", &self.function)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmConfig {
+    /// Reads the module file (relative to `base`, the configuration file's directory).
+    pub(super) fn load_module(&mut self, base: &Path) -> Result<(), String> {
+        let path = base.join(&self.module);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("{}: cannot read the plugin module: {e}", path.display()))?;
+        self.digest = crate::transform::plugin::digest(&bytes);
+        self.bytes = Arc::new(bytes);
+        Ok(())
+    }
+}
+
+fn default_function() -> String {
+    "spillway_transform".into()
+}
+
+fn default_buffer_mib() -> f64 {
+    1.0
+}
+
+fn default_retries() -> u64 {
+    3
+}
+
+fn default_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_memory_mib() -> u64 {
+    256
+}
+
+fn buffer_mib<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if (0.2..=3.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(de::Error::custom(format!(
+            "must be between 0.2 and 3 (MiB), got {v}"
+        )))
+    }
 }
 
 /// The compression `decompress` undoes.
@@ -183,6 +284,17 @@ impl Processor {
                 }
                 ("RecordDeAggregation", params)
             }
+            Processor::Wasm(w) => (
+                "Lambda",
+                vec![
+                    param(
+                        "LambdaArn",
+                        format!("wasm:{}#{}", w.module.display(), w.function),
+                    ),
+                    param("NumberOfRetries", w.number_of_retries.to_string()),
+                    param("BufferSizeInMBs", w.buffer_mib.to_string()),
+                ],
+            ),
             Processor::MetadataExtraction(m) => (
                 "MetadataExtraction",
                 vec![
@@ -202,7 +314,8 @@ fn rank(p: &Processor) -> Option<u8> {
         Processor::Decompress(_) => Some(0),
         Processor::CloudwatchLogs(_) => Some(1),
         Processor::Deaggregate(_) => Some(2),
-        Processor::MetadataExtraction(_) => Some(3),
+        Processor::Wasm(_) => Some(3),
+        Processor::MetadataExtraction(_) => Some(4),
     }
 }
 
@@ -212,6 +325,7 @@ fn name(p: &Processor) -> &'static str {
         Processor::Decompress(_) => "decompress",
         Processor::CloudwatchLogs(_) => "cloudwatch_logs",
         Processor::Deaggregate(_) => "deaggregate",
+        Processor::Wasm(_) => "wasm",
         Processor::MetadataExtraction(_) => "metadata_extraction",
     }
 }
@@ -223,7 +337,7 @@ pub fn check_processors(list: &[Processor]) -> Result<(), (usize, String)> {
     let mut last: Option<(u8, &str)> = None;
     let mut seen = Vec::new();
     for (i, p) in list.iter().enumerate() {
-        if seen.contains(&name(p)) {
+        if seen.contains(&name(p)) && !matches!(p, Processor::Wasm(_)) {
             return Err((i, format!("{} is listed twice", name(p))));
         }
         seen.push(name(p));
@@ -233,7 +347,7 @@ pub fn check_processors(list: &[Processor]) -> Result<(), (usize, String)> {
                     return Err((
                         i,
                         format!(
-                            "{} must come before {prev_name} (Firehose's order: decompress, cloudwatch_logs, deaggregate, metadata_extraction)",
+                            "{} must come before {prev_name} (Firehose's order: decompress, cloudwatch_logs, deaggregate, wasm, metadata_extraction)",
                             name(p)
                         ),
                     ));

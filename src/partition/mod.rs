@@ -139,6 +139,7 @@ fn failure(code: &str, message: String) -> Failure {
         code: code.to_string(),
         message,
         attempts: 1,
+        plugin: None,
     }
 }
 

@@ -5,6 +5,8 @@
 //! compressed) and the stage's error. The chain is a pure function of the log record, which the
 //! exactly-once replay relies on: a replayed record yields the same sub-records in the same order.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::{cloudwatch, deaggregate, decompress, kpl, ProcessError};
@@ -25,6 +27,8 @@ pub struct Record {
     /// Approximate arrival time of the log record, milliseconds since the Unix epoch.
     pub arrival_ms: i64,
     pub data: Bytes,
+    /// Partition keys a transformation plugin gave the record (`!{partitionKeyFromLambda:k}`).
+    pub keys: Option<Arc<[(String, String)]>>,
 }
 
 impl Record {
@@ -35,6 +39,7 @@ impl Record {
             sub: 0,
             arrival_ms: record.arrival_ms,
             data: record.data.clone(),
+            keys: None,
         }
     }
 }
@@ -84,7 +89,9 @@ impl Processors {
                         SubRecordType::Kpl => Stage::Kpl,
                     })
                 }
-                Processor::AppendDelimiter(_) | Processor::MetadataExtraction(_) => None,
+                Processor::AppendDelimiter(_)
+                | Processor::MetadataExtraction(_)
+                | Processor::Wasm(_) => None,
             })
             .collect();
         Processors { stages }
@@ -122,6 +129,7 @@ impl Processors {
                 sub: u32::try_from(sub).unwrap_or(u32::MAX),
                 arrival_ms: record.arrival_ms,
                 data,
+                keys: None,
             };
             out.push(match piece {
                 Ok(data) => Outcome::Ok(make(data)),
@@ -138,6 +146,7 @@ pub fn failure(e: &ProcessError) -> Failure {
         code: e.code().to_string(),
         message: e.to_string(),
         attempts: 1,
+        plugin: None,
     }
 }
 

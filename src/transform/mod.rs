@@ -1,0 +1,265 @@
+//! WebAssembly transformation plugins: what Firehose does with a Lambda function, in-process.
+//!
+//! A `wasm` processor sends the records the earlier processors made, in batches of up to its
+//! buffer size, to a plugin ([`plugin::Plugin`]) through the batch ABI ([`abi`], documented in
+//! `transforms/README.md`), and replaces each record by what the plugin returned for it: zero or
+//! more records with optional partition keys (`Ok`), nothing (`Dropped`), or the record itself on
+//! its way to the `processing-failed` error output (`ProcessingFailed`). A batch the plugin fails
+//! as a whole (trap, deadline, bad output, bad record ids) is retried `number_of_retries` times on
+//! a healthy instance, then every record of it goes to `processing-failed` with the last error,
+//! as Firehose does with a failed invocation. Plugins chain: each one sees what the one before
+//! it made, and partition keys accumulate (a later plugin's key replaces an earlier one's).
+//!
+//! Batches are cut from what the pipeline has read (no extra waiting: Firehose's Lambda buffer
+//! interval trades latency for fewer invocations, which an in-process call does not need).
+//! Exactly-once delivery needs a plugin's output for a record to depend on that record alone;
+//! a failure that comes and goes (a deadline hit under load) can send a record to the error
+//! output in one run and to the destination in a replay after a crash, never nowhere.
+
+pub mod abi;
+pub mod plugin;
+mod wasi;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Processor, WasmConfig};
+use crate::error_output::Failure;
+use crate::process::{Outcome, Record, PROCESSING_FAILED};
+
+use self::abi::{BatchWriter, RecordResult, MAX_BATCH_BYTES};
+use self::plugin::{CallError, Plugin, PluginSpec};
+
+/// A plugin that cannot be used: the delivery stream does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("plugin {plugin}: {reason}")]
+    Refused { plugin: String, reason: String },
+}
+
+/// Error code of a record its plugin returned as `ProcessingFailed`.
+pub const PROCESSING_FAILED_STATUS: &str = "Lambda.ProcessingFailedStatus";
+/// Error code of a record too large for any batch (Spillway's: Lambda's 6 MB request cap).
+pub const PAYLOAD_TOO_LARGE: &str = "Lambda.PayloadTooLarge";
+
+/// One configured `wasm` processor.
+#[derive(Debug)]
+struct Transform {
+    plugin: Plugin,
+    buffer_bytes: usize,
+    retries: u32,
+}
+
+/// The `wasm` processors of a delivery stream, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Transforms {
+    chain: Vec<Arc<Transform>>,
+}
+
+impl Transforms {
+    /// Loads every `wasm` processor of `processors` (compiled modules are cached in `cache`).
+    pub fn load(
+        processors: &[Processor],
+        cache: Option<&Path>,
+    ) -> Result<Transforms, TransformError> {
+        let chain = processors
+            .iter()
+            .filter_map(|p| match p {
+                Processor::Wasm(w) => Some(w),
+                _ => None,
+            })
+            .map(|w| {
+                let plugin = Plugin::load(spec(w), cache)?;
+                Ok(Arc::new(Transform {
+                    plugin,
+                    buffer_bytes: (w.buffer_mib * (1 << 20) as f64) as usize,
+                    retries: u32::try_from(w.number_of_retries).unwrap_or(u32::MAX),
+                }))
+            })
+            .collect::<Result<_, TransformError>>()?;
+        Ok(Transforms { chain })
+    }
+
+    /// Whether there is no plugin.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+
+    /// The largest buffer among the plugins (what is worth reading from the log at once).
+    pub fn buffer_bytes(&self) -> usize {
+        self.chain.iter().map(|t| t.buffer_bytes).max().unwrap_or(0)
+    }
+
+    /// Runs `items` (outcomes tagged with the index of the log record they came from, in order)
+    /// through every plugin; failed outcomes pass through in their place.
+    pub fn run(&self, mut items: Vec<(usize, Outcome)>) -> Vec<(usize, Outcome)> {
+        for t in &self.chain {
+            items = t.run(items);
+        }
+        items
+    }
+}
+
+fn spec(w: &WasmConfig) -> PluginSpec {
+    PluginSpec {
+        path: w.module.clone(),
+        bytes: Arc::clone(&w.bytes),
+        function: w.function.clone(),
+        config: w.config.clone(),
+        timeout: Duration::from_millis(w.timeout_ms),
+        memory_bytes: usize::try_from(w.memory_mib << 20).unwrap_or(usize::MAX),
+    }
+}
+
+impl Transform {
+    fn run(&self, items: Vec<(usize, Outcome)>) -> Vec<(usize, Outcome)> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut pending = Vec::new();
+        let mut batch = BatchWriter::default();
+        for item in items {
+            let item = match item {
+                (i, Outcome::Ok(r)) => {
+                    let need = abi::encoded_len(r.data.len());
+                    if !batch.is_empty() && batch.len() + need > self.buffer_bytes {
+                        self.flush(&mut batch, &mut pending, &mut out);
+                    }
+                    if batch.len() + need > MAX_BATCH_BYTES {
+                        let f = self.failure(
+                            PAYLOAD_TOO_LARGE,
+                            format!(
+                                "the record of {} bytes does not fit in a batch of at most {MAX_BATCH_BYTES} bytes",
+                                r.data.len()
+                            ),
+                            1,
+                        );
+                        (i, Outcome::Failed(r, f))
+                    } else {
+                        batch.push(r.arrival_ms, &r.data);
+                        (i, Outcome::Ok(r))
+                    }
+                }
+                failed => failed,
+            };
+            pending.push(item);
+        }
+        self.flush(&mut batch, &mut pending, &mut out);
+        out
+    }
+
+    /// Calls the plugin on `batch` (the `Ok` records of `pending`, in order) and moves `pending`'s
+    /// outcomes, transformed, to `out`.
+    fn flush(
+        &self,
+        batch: &mut BatchWriter,
+        pending: &mut Vec<(usize, Outcome)>,
+        out: &mut Vec<(usize, Outcome)>,
+    ) {
+        if batch.is_empty() {
+            out.append(pending);
+            return;
+        }
+        let (results, attempts) = self.call(batch);
+        batch.clear();
+        let mut results = results.map(Vec::into_iter);
+        for (i, outcome) in pending.drain(..) {
+            let r = match outcome {
+                Outcome::Ok(r) => r,
+                failed => {
+                    out.push((i, failed));
+                    continue;
+                }
+            };
+            let result = match &mut results {
+                Ok(list) => list.next(),
+                Err(e) => {
+                    let f = self.failure(e.code, e.message.clone(), attempts);
+                    out.push((i, Outcome::Failed(r, f)));
+                    continue;
+                }
+            };
+            match result {
+                Some(RecordResult::Ok { pieces, keys }) => {
+                    let keys = merge_keys(r.keys.as_ref(), keys);
+                    out.extend(pieces.into_iter().map(|data| {
+                        (
+                            i,
+                            Outcome::Ok(Record {
+                                data,
+                                keys: keys.clone(),
+                                ..r.clone()
+                            }),
+                        )
+                    }));
+                }
+                Some(RecordResult::Dropped) => {}
+                Some(RecordResult::Failed { message }) => {
+                    let message =
+                        message.unwrap_or_else(|| "the plugin returned ProcessingFailed".into());
+                    let f = self.failure(PROCESSING_FAILED_STATUS, message, attempts);
+                    out.push((i, Outcome::Failed(r, f)));
+                }
+                // parse_output returns exactly one result per record of the batch.
+                None => {
+                    let f = self.failure(
+                        abi::OutputError::MissingId(0).code(),
+                        "no result for the record".into(),
+                        attempts,
+                    );
+                    out.push((i, Outcome::Failed(r, f)));
+                }
+            }
+        }
+    }
+
+    /// One batch, with its retries: the results, or the last error; and the attempts made.
+    fn call(&self, batch: &BatchWriter) -> (Result<Vec<RecordResult>, CallError>, u32) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.plugin.call(batch.bytes(), batch.count()) {
+                Ok(results) => return (Ok(results), attempt),
+                Err(e) => {
+                    let last = attempt > self.retries;
+                    tracing::warn!(plugin = %self.plugin.identity(), code = e.code, error = %e.message,
+                        records = batch.count(), attempt, "transformation failed{}",
+                        if last { "; its records go to the processing-failed output" } else { "; retrying" });
+                    if last {
+                        return (Err(e), attempt);
+                    }
+                }
+            }
+        }
+    }
+
+    fn failure(&self, code: &str, message: String, attempts: u32) -> Failure {
+        Failure {
+            output_type: PROCESSING_FAILED,
+            code: code.to_string(),
+            message,
+            attempts,
+            plugin: Some(Arc::clone(self.plugin.identity())),
+        }
+    }
+}
+
+/// The keys of a record after a plugin: the earlier plugins' keys with this one's added over them.
+fn merge_keys(
+    earlier: Option<&Arc<[(String, String)]>>,
+    new: Vec<(String, String)>,
+) -> Option<Arc<[(String, String)]>> {
+    match earlier {
+        None if new.is_empty() => None,
+        None => Some(new.into()),
+        Some(e) if new.is_empty() => Some(Arc::clone(e)),
+        Some(e) => {
+            let mut all: Vec<(String, String)> = e
+                .iter()
+                .filter(|(k, _)| !new.iter().any(|(n, _)| n == k))
+                .cloned()
+                .collect();
+            all.extend(new);
+            Some(all.into())
+        }
+    }
+}

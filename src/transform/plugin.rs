@@ -1,0 +1,573 @@
+//! One loaded plugin: its compiled module, its limits, and a pool of ready instances.
+//!
+//! Isolation: every call into the guest (instantiation, `_initialize`, init, alloc, transform) runs
+//! under an epoch deadline (a process-wide ticker advances the epoch every [`TICK`]); each
+//! instance's linear memory is capped by a store limiter (a refused `memory.grow` returns -1 to the
+//! guest); wasm's stack is bounded. A trap of any kind (deadline, out-of-bounds access,
+//! `unreachable`, stack overflow, `proc_exit`) is an error value for the batch, never a panic, and
+//! the instance it happened in is thrown away. Every buffer the guest names is bounds-checked
+//! against its memory before the host reads or writes it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, ExternType, InstancePre, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, TypedFunc, ValType,
+};
+
+use super::abi::{self, ABI_VERSION, MAX_BATCH_BYTES, MAX_OUTPUT_BYTES};
+use super::wasi::{self, Exit, LOG_LINES_PER_CALL, LOG_LINE_BYTES};
+use super::TransformError;
+
+/// How often the epoch advances: the resolution of call deadlines.
+pub const TICK: Duration = Duration::from_millis(10);
+/// wasm's own call stack (not the guest's shadow stack in linear memory).
+const MAX_WASM_STACK: usize = 512 << 10;
+/// Idle instances a plugin keeps; more are dropped when returned.
+const MAX_IDLE: usize = 8;
+
+/// The process's engine, and the thread that advances its epoch.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config).expect("the default wasmtime configuration is valid");
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                ticker.increment_epoch();
+            })
+            .expect("spawning the epoch thread");
+        engine
+    })
+}
+
+/// What a plugin is and how it may run.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The module file, as configured (for messages and error documents).
+    pub path: PathBuf,
+    /// The module's bytes (a binary module, or WAT text).
+    pub bytes: Arc<Vec<u8>>,
+    /// The transform export to call.
+    pub function: String,
+    /// Passed to `spillway_init`.
+    pub config: String,
+    /// Deadline of every call into the guest.
+    pub timeout: Duration,
+    /// Cap of the instance's linear memory, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl PluginSpec {
+    /// Hex SHA-256 of the module bytes: the module's identity in the compile cache and the
+    /// routing fingerprint.
+    pub fn digest(&self) -> String {
+        digest(&self.bytes)
+    }
+
+    /// How error documents name the plugin (their `lambdaArn` field).
+    pub fn identity(&self) -> String {
+        format!("wasm:{}#{}", self.path.display(), self.function)
+    }
+}
+
+/// Hex SHA-256 of a module.
+pub fn digest(module: &[u8]) -> String {
+    Sha256::digest(module)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What one call attempt's failure means for the batch and the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// Firehose error code for the batch's records.
+    pub code: &'static str,
+    pub message: String,
+    /// Whether the instance may be used again.
+    pub keep: bool,
+}
+
+impl CallError {
+    fn function(message: String, keep: bool) -> CallError {
+        CallError {
+            code: FUNCTION_ERROR,
+            message,
+            keep,
+        }
+    }
+}
+
+/// A trap, deadline, `proc_exit` or a call the plugin failed itself.
+pub const FUNCTION_ERROR: &str = "Lambda.FunctionError";
+
+/// Per-store state: the memory cap and the plugin's stdout/stderr on their way to the log.
+pub struct Host {
+    limits: StoreLimits,
+    identity: Arc<str>,
+    lines: [Vec<u8>; 2],
+    lines_left: u32,
+    suppressed: u32,
+}
+
+impl Host {
+    /// Takes bytes the guest wrote to stdout (1) or stderr (2); complete lines are logged.
+    pub(super) fn output(&mut self, fd: i32, bytes: &[u8]) {
+        let i = usize::from(fd == 2);
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.lines[i]);
+                self.log(fd, &line);
+            } else if self.lines[i].len() < LOG_LINE_BYTES {
+                self.lines[i].push(b);
+            }
+        }
+    }
+
+    fn log(&mut self, fd: i32, line: &[u8]) {
+        if self.lines_left == 0 {
+            self.suppressed += 1;
+            return;
+        }
+        self.lines_left -= 1;
+        let text = String::from_utf8_lossy(line);
+        let stream = if fd == 2 { "stderr" } else { "stdout" };
+        tracing::info!(plugin = %self.identity, stream, "{text}");
+    }
+
+    /// Starts a call: partial lines are flushed and the per-call line budget renewed.
+    fn begin_call(&mut self) {
+        for fd in [1, 2] {
+            let i = usize::from(fd == 2);
+            if !self.lines[i].is_empty() {
+                let line = std::mem::take(&mut self.lines[i]);
+                self.log(fd, &line);
+            }
+        }
+        if self.suppressed > 0 {
+            tracing::info!(plugin = %self.identity, lines = self.suppressed,
+                "further plugin output suppressed ({LOG_LINES_PER_CALL} lines per call are logged)");
+            self.suppressed = 0;
+        }
+        self.lines_left = LOG_LINES_PER_CALL;
+    }
+}
+
+/// An instance ready for a batch.
+struct Ready {
+    store: Store<Host>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    transform: TypedFunc<(i32, i32), i64>,
+}
+
+/// A compiled, checked plugin and its instance pool.
+pub struct Plugin {
+    spec: PluginSpec,
+    identity: Arc<str>,
+    pre: InstancePre<Host>,
+    deadline_ticks: u64,
+    idle: Mutex<Vec<Ready>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({})", self.identity)
+    }
+}
+
+impl Plugin {
+    /// Compiles (or loads from `cache`, a directory) and checks the module, then makes and
+    /// initialises a first instance, so that a plugin that cannot work is refused here.
+    pub fn load(spec: PluginSpec, cache: Option<&Path>) -> Result<Plugin, TransformError> {
+        let identity: Arc<str> = spec.identity().into();
+        let name = spec.identity();
+        let refuse = |reason: String| TransformError::Refused {
+            plugin: name.clone(),
+            reason,
+        };
+        let module = compile(&spec, cache).map_err(refuse)?;
+        check_module(&module, &spec.function).map_err(refuse)?;
+        let mut linker = Linker::new(engine());
+        wasi::define(&mut linker).map_err(|e| refuse(format!("{e:#}")))?;
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .map_err(|e| refuse(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| refuse(format!("{e:#}")))?;
+        let ticks = spec.timeout.as_millis().div_ceil(TICK.as_millis()).max(1) as u64 + 1;
+        let plugin = Plugin {
+            spec,
+            identity,
+            pre,
+            deadline_ticks: ticks,
+            idle: Mutex::new(Vec::new()),
+        };
+        let first = plugin.instantiate().map_err(|e| refuse(e.message))?;
+        plugin.put_back(first);
+        Ok(plugin)
+    }
+
+    /// The plugin's configuration.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// How error documents name the plugin.
+    pub fn identity(&self) -> &Arc<str> {
+        &self.identity
+    }
+
+    /// Runs one batch (an encoded [`abi::BatchWriter`] of `count` records) on a pooled instance
+    /// and returns the validated results in input order.
+    pub fn call(&self, batch: &[u8], count: usize) -> Result<Vec<abi::RecordResult>, CallError> {
+        let mut ready = match self.take() {
+            Some(r) => r,
+            None => self.instantiate()?,
+        };
+        let outcome = self.call_on(&mut ready, batch, count);
+        if outcome.as_ref().err().is_none_or(|e| e.keep) {
+            self.put_back(ready);
+        }
+        outcome
+    }
+
+    fn take(&self) -> Option<Ready> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_back(&self, ready: Ready) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(ready);
+        }
+    }
+
+    /// A new instance: instantiated, `_initialize`d, version-checked and `spillway_init`ed.
+    fn instantiate(&self) -> Result<Ready, CallError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.spec.memory_bytes)
+            .memories(1)
+            .instances(1)
+            .tables(4)
+            .table_elements(1 << 16)
+            .build();
+        let mut store = Store::new(
+            engine(),
+            Host {
+                limits,
+                identity: Arc::clone(&self.identity),
+                lines: [Vec::new(), Vec::new()],
+                lines_left: LOG_LINES_PER_CALL,
+                suppressed: 0,
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        store.epoch_deadline_trap();
+        let fail = |stage: &str, e: wasmtime::Error| {
+            CallError::function(
+                format!("{stage}: {}", describe(&e, self.spec.timeout)),
+                false,
+            )
+        };
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| fail("instantiating", e))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| CallError::function("the module exports no memory".into(), false))?;
+        let typed = |store: &mut Store<Host>, name: &str| {
+            instance.get_func(&mut *store, name).ok_or_else(|| {
+                CallError::function(format!("the module does not export {name}"), false)
+            })
+        };
+        let alloc = typed(&mut store, "spillway_alloc")?
+            .typed::<i32, i32>(&store)
+            .map_err(|e| fail("spillway_alloc", e))?;
+        let transform = typed(&mut store, &self.spec.function)?
+            .typed::<(i32, i32), i64>(&store)
+            .map_err(|e| fail(&self.spec.function, e))?;
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            store.set_epoch_deadline(self.deadline_ticks);
+            init.call(&mut store, ())
+                .map_err(|e| fail("_initialize", e))?;
+        }
+        let version = instance
+            .get_typed_func::<(), i32>(&mut store, "spillway_abi_version")
+            .map_err(|e| fail("spillway_abi_version", e))?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        let v = version
+            .call(&mut store, ())
+            .map_err(|e| fail("spillway_abi_version", e))?;
+        if v != ABI_VERSION {
+            return Err(CallError::function(
+                format!("the plugin implements ABI version {v}; this Spillway supports version {ABI_VERSION}"),
+                false,
+            ));
+        }
+        let mut ready = Ready {
+            store,
+            memory,
+            alloc,
+            transform,
+        };
+        match instance.get_typed_func::<(i32, i32), i32>(&mut ready.store, "spillway_init") {
+            Ok(init) => {
+                let config = self.spec.config.as_bytes();
+                let ptr = if config.is_empty() {
+                    0
+                } else {
+                    self.copy_in(&mut ready, config)?
+                };
+                ready.store.set_epoch_deadline(self.deadline_ticks);
+                let rc = init
+                    .call(&mut ready.store, (ptr as i32, config.len() as i32))
+                    .map_err(|e| fail("spillway_init", e))?;
+                if rc != 0 {
+                    return Err(CallError::function(
+                        format!("spillway_init returned {rc} (the plugin refused its config)"),
+                        false,
+                    ));
+                }
+            }
+            Err(_) if !self.spec.config.is_empty() => {
+                return Err(CallError::function(
+                    "a config is set but the plugin exports no spillway_init to take it".into(),
+                    false,
+                ))
+            }
+            Err(_) => {}
+        }
+        Ok(ready)
+    }
+
+    /// `spillway_alloc`s a guest buffer and copies `bytes` into it; returns its address.
+    fn copy_in(&self, ready: &mut Ready, bytes: &[u8]) -> Result<u32, CallError> {
+        ready.store.set_epoch_deadline(self.deadline_ticks);
+        let ptr = ready
+            .alloc
+            .call(&mut ready.store, bytes.len() as i32)
+            .map_err(|e| {
+                CallError::function(
+                    format!("spillway_alloc: {}", describe(&e, self.spec.timeout)),
+                    false,
+                )
+            })? as u32;
+        if ptr == 0 {
+            return Err(CallError::function(
+                format!("spillway_alloc returned 0 for {} bytes", bytes.len()),
+                true,
+            ));
+        }
+        let size = ready.memory.data_size(&ready.store) as u64;
+        if u64::from(ptr) + bytes.len() as u64 > size {
+            return Err(CallError::function(
+                format!(
+                    "spillway_alloc returned {ptr:#x} for {} bytes, outside the plugin's {size}-byte memory",
+                    bytes.len()
+                ),
+                false,
+            ));
+        }
+        ready.memory.data_mut(&mut ready.store)[ptr as usize..ptr as usize + bytes.len()]
+            .copy_from_slice(bytes);
+        Ok(ptr)
+    }
+
+    fn call_on(
+        &self,
+        ready: &mut Ready,
+        batch: &[u8],
+        count: usize,
+    ) -> Result<Vec<abi::RecordResult>, CallError> {
+        debug_assert!(batch.len() <= MAX_BATCH_BYTES);
+        ready.store.data_mut().begin_call();
+        let ptr = self.copy_in(ready, batch)?;
+        ready.store.set_epoch_deadline(self.deadline_ticks);
+        let r = ready
+            .transform
+            .call(&mut ready.store, (ptr as i32, batch.len() as i32))
+            .map_err(|e| {
+                CallError::function(
+                    format!(
+                        "{}: {}",
+                        self.spec.function,
+                        describe(&e, self.spec.timeout)
+                    ),
+                    false,
+                )
+            })? as u64;
+        if r == 0 {
+            return Err(CallError::function(
+                format!(
+                    "{} returned 0 (the plugin failed the batch)",
+                    self.spec.function
+                ),
+                true,
+            ));
+        }
+        let (out_ptr, out_len) = (r >> 32, r & 0xffff_ffff);
+        let size = ready.memory.data_size(&ready.store) as u64;
+        let malformed = |message: String| CallError {
+            code: "Lambda.JsonProcessingException",
+            message,
+            keep: true,
+        };
+        if out_len > MAX_OUTPUT_BYTES as u64 {
+            return Err(malformed(format!(
+                "the output of {out_len} bytes exceeds the limit of {MAX_OUTPUT_BYTES}"
+            )));
+        }
+        if out_ptr + out_len > size {
+            return Err(malformed(format!(
+                "the output at {out_ptr:#x} ({out_len} bytes) lies outside the plugin's {size}-byte memory"
+            )));
+        }
+        let out = Bytes::copy_from_slice(
+            &ready.memory.data(&ready.store)[out_ptr as usize..(out_ptr + out_len) as usize],
+        );
+        abi::parse_output(&out, count).map_err(|e| CallError {
+            code: e.code(),
+            message: e.to_string(),
+            keep: true,
+        })
+    }
+}
+
+/// A guest failure in words: what trapped, or why the call ended.
+fn describe(e: &wasmtime::Error, timeout: Duration) -> String {
+    if let Some(exit) = e.downcast_ref::<Exit>() {
+        return exit.to_string();
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "the call ran past its deadline of {} ms and was interrupted",
+            timeout.as_millis()
+        ),
+        Some(trap) => format!("the plugin trapped: {trap}"),
+        None => format!("{e:#}"),
+    }
+}
+
+/// Compiles the module, through the on-disk cache when there is one. The cache key is the
+/// module's SHA-256 and the engine's compatibility hash (wasmtime version and settings), so an
+/// upgrade or another configuration never loads stale code; a damaged entry is recompiled.
+fn compile(spec: &PluginSpec, cache: Option<&Path>) -> Result<Module, String> {
+    let engine = engine();
+    let Some(dir) = cache else {
+        return Module::new(engine, &*spec.bytes).map_err(|e| format!("{e:#}"));
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let path = dir.join(format!("{}-{:016x}.cwasm", spec.digest(), h.finish()));
+    if let Ok(bytes) = std::fs::read(&path) {
+        // SAFETY: the file is one this function wrote into the daemon's own data directory, and
+        // wasmtime checks its header against this engine before using it.
+        match unsafe { Module::deserialize(engine, &bytes) } {
+            Ok(m) => return Ok(m),
+            Err(e) => tracing::warn!(cache = %path.display(), error = %format!("{e:#}"),
+                "the compiled plugin in the cache cannot be used; compiling again"),
+        }
+    }
+    let module = Module::new(engine, &*spec.bytes).map_err(|e| format!("{e:#}"))?;
+    let stored = module
+        .serialize()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|bytes| {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+        });
+    if let Err(e) = stored {
+        tracing::warn!(cache = %path.display(), error = %e, "could not cache the compiled plugin");
+    }
+    Ok(module)
+}
+
+/// Checks imports and exports against ABI version 1 before anything runs.
+fn check_module(module: &Module, function: &str) -> Result<(), String> {
+    for import in module.imports() {
+        if import.module() != wasi::MODULE {
+            return Err(format!(
+                "imports {}.{}: a plugin may import only {} functions",
+                import.module(),
+                import.name(),
+                wasi::MODULE
+            ));
+        }
+        if !matches!(import.ty(), ExternType::Func(_)) {
+            return Err(format!(
+                "imports {}.{}, which is not a function",
+                import.module(),
+                import.name()
+            ));
+        }
+    }
+    let i32_ = |v: &ValType| matches!(v, ValType::I32);
+    let i64_ = |v: &ValType| matches!(v, ValType::I64);
+    let want: [(&str, &[fn(&ValType) -> bool], &[fn(&ValType) -> bool], bool); 5] = [
+        ("spillway_abi_version", &[], &[i32_], true),
+        ("spillway_alloc", &[i32_], &[i32_], true),
+        (function, &[i32_, i32_], &[i64_], true),
+        ("spillway_init", &[i32_, i32_], &[i32_], false),
+        ("_initialize", &[], &[], false),
+    ];
+    let mut has_memory = false;
+    for export in module.exports() {
+        if export.name() == "memory" {
+            match export.ty() {
+                ExternType::Memory(m) if !m.is_64() && !m.is_shared() => has_memory = true,
+                _ => return Err("its memory export is not a 32-bit, non-shared memory".into()),
+            }
+        }
+    }
+    if !has_memory {
+        return Err("it does not export its memory as \"memory\"".into());
+    }
+    for (name, params, results, required) in want {
+        let Some(export) = module.get_export(name) else {
+            if required {
+                return Err(format!("it does not export {name}"));
+            }
+            continue;
+        };
+        let ExternType::Func(f) = export else {
+            return Err(format!("its export {name} is not a function"));
+        };
+        let p: Vec<ValType> = f.params().collect();
+        let r: Vec<ValType> = f.results().collect();
+        let fits = |have: &[ValType], want: &[fn(&ValType) -> bool]| {
+            have.len() == want.len() && have.iter().zip(want).all(|(v, w)| w(v))
+        };
+        if !fits(&p, params) || !fits(&r, results) {
+            return Err(format!(
+                "its export {name} has the type ({}) -> ({}), which the ABI does not expect",
+                types(&p),
+                types(&r)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn types(list: &[ValType]) -> String {
+    list.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
