@@ -1,7 +1,8 @@
 //! kill -9 under concurrent load, at a random moment: after restart and drain, every acknowledged
 //! record is in the lake exactly once, and no record appears twice; with dynamic partitioning too
 //! (50 partitions, and a partition limit below that, whose overflow records must land in the
-//! `activePartitionExceeded` error output exactly once).
+//! `activePartitionExceeded` error output exactly once), and with a WASM plugin whose keys partition
+//! the records.
 
 mod common;
 
@@ -48,6 +49,24 @@ fn kill_9_with_50_partitions_loses_and_duplicates_nothing() {
     });
 }
 
+#[test]
+fn kill_9_with_a_plugin_partitioning_by_its_keys_loses_and_duplicates_nothing() {
+    let module = common::plugin("partition_keys");
+    crash_test(8, |iteration| {
+        let interval = if iteration % 2 == 0 { 1 } else { 900 };
+        config_with(
+            2,
+            &format!(
+                "      - wasm: {{ module: '{}', config: 'crash', buffer_mib: 0.2 }}\n      - append_delimiter: true\n",
+                module.display()
+            ),
+            &format!(
+                "        prefix: 'tenant=!{{partitionKeyFromLambda:tenant}}/kind=!{{partitionKeyFromLambda:kind}}/'\n        error_output_prefix: 'errors/!{{firehose:error-output-type}}/'\n        dynamic_partitioning: {{ enabled: true }}\n        buffering: {{ size_mib: 1, interval_s: {interval} }}\n"
+            ),
+        )
+    });
+}
+
 /// Runs `iterations` kill -9 rounds, each with the configuration `config(iteration)`.
 fn crash_test(iterations: u64, config: impl Fn(u64) -> String) {
     let seed = std::env::var("SPILLWAY_CRASH_SEED")
@@ -79,9 +98,10 @@ fn crash_test(iterations: u64, config: impl Fn(u64) -> String) {
                         let records: Vec<Vec<u8>> = (0..100)
                             .map(|i| {
                                 format!(
-                                    r#"{{"it":{iteration},"client":{c},"n":{},"customer":"c{}","pad":"{}"}}"#,
+                                    r#"{{"it":{iteration},"client":{c},"n":{},"customer":"c{}","tenant":"t{}","pad":"{}"}}"#,
                                     n + i,
                                     (n + i) % 50,
+                                    (n + i) % 7,
                                     "p".repeat(120)
                                 )
                                 .into_bytes()

@@ -263,3 +263,152 @@ fn merge_keys(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plugin::testing::{wat, OK_OUTPUT};
+    use super::*;
+    use bytes::Bytes;
+
+    use crate::log::SequenceNumber;
+
+    /// A stage around a WAT plugin (see `plugin::testing`), which answers one-record batches.
+    fn stage(module: String, buffer_bytes: usize, retries: u32) -> Transform {
+        let spec = PluginSpec {
+            path: "t.wat".into(),
+            bytes: Arc::new(module.into_bytes()),
+            function: "spillway_transform".into(),
+            config: String::new(),
+            timeout: Duration::from_millis(500),
+            memory_bytes: 1 << 20,
+        };
+        Transform {
+            plugin: Plugin::load(spec, None).unwrap(),
+            buffer_bytes,
+            retries,
+        }
+    }
+
+    fn record(seq: u64, data: &'static [u8]) -> Record {
+        Record {
+            sequence: SequenceNumber(seq),
+            sub: 0,
+            arrival_ms: 5,
+            data: Bytes::from_static(data),
+            keys: None,
+        }
+    }
+
+    fn summary(items: &[(usize, Outcome)]) -> Vec<(usize, String)> {
+        items
+            .iter()
+            .map(|(i, o)| match o {
+                Outcome::Ok(r) => (*i, format!("ok {}", String::from_utf8_lossy(&r.data))),
+                Outcome::Failed(r, f) => (
+                    *i,
+                    format!("{} {} x{}", String::from_utf8_lossy(&r.data), f.code, f.attempts),
+                ),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_then_its_records_fail_with_the_attempts_made() {
+        // Fails (returns 0) on its first `k` calls, then answers.
+        let failing_first = |k: u32| {
+            wat(
+                &format!(
+                    "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+                     (if (result i64) (i32.le_u (global.get $calls) (i32.const {k}))
+                       (then (i64.const 0)) (else {OK_OUTPUT}))"
+                ),
+                "",
+            )
+        };
+        let t = stage(failing_first(3), 1 << 20, 3);
+        let out = t.run(vec![(0, Outcome::Ok(record(1, b"a")))]);
+        assert_eq!(summary(&out), vec![(0, "ok ok".to_string())]);
+        let t = stage(failing_first(4), 1 << 20, 3);
+        let out = t.run(vec![(0, Outcome::Ok(record(1, b"a")))]);
+        assert_eq!(
+            summary(&out),
+            vec![(0, "a Lambda.FunctionError x4".to_string())]
+        );
+        let Outcome::Failed(_, f) = &out[0].1 else {
+            unreachable!()
+        };
+        assert_eq!(f.output_type, PROCESSING_FAILED);
+        assert_eq!(f.plugin.as_deref(), Some("wasm:t.wat#spillway_transform"));
+    }
+
+    #[test]
+    fn batches_are_cut_at_the_buffer_size_and_failed_records_keep_their_place() {
+        let items = || {
+            vec![
+                (0, Outcome::Ok(record(1, b"a"))),
+                (
+                    1,
+                    Outcome::Failed(
+                        record(2, b"earlier failure"),
+                        Failure {
+                            output_type: "decompression-failed",
+                            code: "X".into(),
+                            message: String::new(),
+                            attempts: 1,
+                            plugin: None,
+                        },
+                    ),
+                ),
+                (2, Outcome::Ok(record(3, b"b"))),
+            ]
+        };
+        // Room for one record per batch: each call answers its record.
+        let t = stage(wat(OK_OUTPUT, ""), 8 + abi::encoded_len(1), 0);
+        assert_eq!(
+            summary(&t.run(items())),
+            vec![
+                (0, "ok ok".into()),
+                (1, "earlier failure X x1".into()),
+                (2, "ok ok".into())
+            ]
+        );
+        // Both in one batch: the plugin answers only id 0, so the batch fails as a whole.
+        let t = stage(wat(OK_OUTPUT, ""), 1 << 20, 0);
+        assert_eq!(
+            summary(&t.run(items())),
+            vec![
+                (0, "a Lambda.MissingRecordId x1".into()),
+                (1, "earlier failure X x1".into()),
+                (2, "b Lambda.MissingRecordId x1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_too_large_for_any_batch_fails_alone() {
+        let t = stage(wat(OK_OUTPUT, ""), 1 << 20, 0);
+        let big: &'static [u8] = Box::leak(vec![b'x'; MAX_BATCH_BYTES].into_boxed_slice());
+        let out = t.run(vec![
+            (0, Outcome::Ok(record(1, big))),
+            (1, Outcome::Ok(record(2, b"a"))),
+        ]);
+        assert!(matches!(&out[0], (0, Outcome::Failed(_, f)) if f.code == PAYLOAD_TOO_LARGE));
+        assert!(matches!(&out[1], (1, Outcome::Ok(r)) if &r.data[..] == b"ok"));
+    }
+
+    #[test]
+    fn later_keys_replace_earlier_ones_of_the_same_name() {
+        let earlier: Arc<[(String, String)]> =
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        let merged = merge_keys(Some(&earlier), vec![("b".into(), "3".into())]).unwrap();
+        assert_eq!(
+            &merged[..],
+            &[("a".into(), "1".into()), ("b".into(), "3".into())]
+        );
+        assert!(Arc::ptr_eq(
+            &merge_keys(Some(&earlier), vec![]).unwrap(),
+            &earlier
+        ));
+        assert!(merge_keys(None, vec![]).is_none());
+    }
+}

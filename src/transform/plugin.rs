@@ -571,3 +571,244 @@ fn types(list: &[ValType]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Plugins written in WAT for the host's own tests: a template whose transform answers a
+    //! one-record batch with `Ok` and the piece `ok`, unless its body does something else.
+
+    /// `(16 << 32) | 29`: the template's fixed output (at address 16, 29 bytes).
+    pub const OK_OUTPUT: &str = "(i64.const 68719476765)";
+
+    /// A module with `body` as `spillway_transform(p, n) -> i64` and `extra` fields added.
+    pub fn wat(body: &str, extra: &str) -> String {
+        format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
+  (data (i32.const 16) "SPR1\01\00\00\00" "\00\00\00\00\00\00\00\00" "\00" "\01\00\00\00" "\02\00\00\00" "ok" "\00\00")
+  (func (export "spillway_abi_version") (result i32) (i32.const 1))
+  (func (export "spillway_alloc") (param $n i32) (result i32) (i32.const 4096))
+  (func (export "spillway_transform") (param $p i32) (param $n i32) (result i64) {body})
+  {extra})"#
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{wat, OK_OUTPUT};
+    use super::*;
+    use std::time::Instant;
+
+    fn spec(module: String) -> PluginSpec {
+        PluginSpec {
+            path: "test.wat".into(),
+            bytes: Arc::new(module.into_bytes()),
+            function: "spillway_transform".into(),
+            config: String::new(),
+            timeout: Duration::from_millis(200),
+            memory_bytes: 1 << 20,
+        }
+    }
+
+    fn load(module: String) -> Result<Plugin, TransformError> {
+        Plugin::load(spec(module), None)
+    }
+
+    fn one(data: &[u8]) -> abi::BatchWriter {
+        let mut b = abi::BatchWriter::default();
+        b.push(0, data);
+        b
+    }
+
+    fn call(p: &Plugin, data: &[u8]) -> Result<Vec<abi::RecordResult>, CallError> {
+        let b = one(data);
+        p.call(b.bytes(), b.count())
+    }
+
+    fn refusal(module: String) -> String {
+        match load(module) {
+            Err(TransformError::Refused { reason, .. }) => reason,
+            Ok(_) => panic!("the module was accepted"),
+        }
+    }
+
+    #[test]
+    fn the_template_works() {
+        let p = load(wat(OK_OUTPUT, "")).unwrap();
+        let r = call(&p, b"x").unwrap();
+        assert_eq!(
+            r,
+            vec![abi::RecordResult::Ok {
+                pieces: vec![Bytes::from_static(b"ok")],
+                keys: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn modules_that_break_the_abi_are_refused_before_running() {
+        let base = wat(OK_OUTPUT, "");
+        let cases = [
+            (base.replace("(export \"memory\")", ""), "memory"),
+            (base.replace("(export \"spillway_alloc\")", ""), "spillway_alloc"),
+            (
+                base.replace("(param $n i32) (result i64)", "(param $n i64) (result i64)"),
+                "(i32, i64) -> (i64)",
+            ),
+            (
+                base.replace("\"wasi_snapshot_preview1\" \"proc_exit\"", "\"env\" \"exit\""),
+                "env.exit",
+            ),
+            (
+                base.replace("(result i32) (i32.const 1))", "(result i32) (i32.const 99))"),
+                "ABI version 99",
+            ),
+            (
+                wat(
+                    OK_OUTPUT,
+                    r#"(func (export "spillway_init") (param i32 i32) (result i32) (i32.const 7))"#,
+                ),
+                "spillway_init returned 7",
+            ),
+            (
+                wat(OK_OUTPUT, "(func $s (loop $l (br $l))) (start $s)"),
+                "deadline of 200 ms",
+            ),
+            ("(module (memory (export \"memory\") 17))".into(), "spillway_abi_version"),
+            ("not a module".into(), "expected"),
+        ];
+        for (module, wanted) in cases {
+            let reason = refusal(module);
+            assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
+        }
+        // Memory beyond the cap at instantiation.
+        let big = wat(OK_OUTPUT, "").replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 17)");
+        assert!(refusal(big).contains("instantiating"));
+        // A config for a plugin that cannot take one.
+        let mut s = spec(wat(OK_OUTPUT, ""));
+        s.config = "x".into();
+        assert!(matches!(Plugin::load(s, None), Err(TransformError::Refused { reason, .. }) if reason.contains("spillway_init")));
+    }
+
+    #[test]
+    fn the_config_reaches_spillway_init() {
+        // init succeeds only for the 3-byte config "abc" (checks its length and first byte).
+        let init = r#"(func (export "spillway_init") (param $p i32) (param $n i32) (result i32)
+            (if (result i32) (i32.and (i32.eq (local.get $n) (i32.const 3))
+                                      (i32.eq (i32.load8_u (local.get $p)) (i32.const 97)))
+              (then (i32.const 0)) (else (i32.const 1))))"#;
+        let mut s = spec(wat(OK_OUTPUT, init));
+        s.config = "abc".into();
+        assert!(Plugin::load(s.clone(), None).is_ok());
+        s.config = "xbc".into();
+        assert!(Plugin::load(s.clone(), None).is_err());
+        s.config = String::new();
+        assert!(Plugin::load(s, None).is_err());
+    }
+
+    #[test]
+    fn an_endless_loop_costs_its_deadline_and_the_next_call_works() {
+        // Loops when the first record starts with 'L' (its data is at batch offset 28).
+        let body = format!(
+            "(if (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.const 28))) (i32.const 76))
+                (then (loop $l (br $l)))) {OK_OUTPUT}"
+        );
+        let p = load(wat(&body, "")).unwrap();
+        let started = Instant::now();
+        let e = call(&p, b"L").unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.code, FUNCTION_ERROR);
+        assert!(e.message.contains("deadline of 200 ms"), "{}", e.message);
+        assert!(!e.keep);
+        assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(5), "{took:?}");
+        assert!(call(&p, b"x").is_ok());
+    }
+
+    #[test]
+    fn traps_are_contained_and_named() {
+        let cases = [
+            ("(unreachable)", "unreachable"),
+            ("(call $exit (i32.const 3)) (unreachable)", "proc_exit(3)"),
+            ("(i64.load (i32.const -1))", "out of bounds"),
+            ("(call $deep) (unreachable)", "call stack exhausted"),
+        ];
+        for (body, wanted) in cases {
+            let p = load(wat(body, "(func $deep (call $deep))")).unwrap();
+            let e = call(&p, b"x").unwrap_err();
+            assert_eq!(e.code, FUNCTION_ERROR);
+            assert!(e.message.contains(wanted), "{wanted:?} not in {:?}", e.message);
+            assert!(!e.keep);
+        }
+    }
+
+    #[test]
+    fn memory_cannot_grow_past_the_cap() {
+        // Grows a page at a time until refused, then writes just past what it got.
+        let body = "(block $done (loop $l
+                (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                (br $l)))
+            (i32.store8 (i32.mul (memory.size) (i32.const 65536)) (i32.const 1))
+            (unreachable)";
+        let p = load(wat(body, "")).unwrap();
+        let e = call(&p, b"x").unwrap_err();
+        assert!(e.message.contains("out of bounds"), "{}", e.message);
+        // Reports the pages it reached as the output length (outside its 1 MiB = 16 pages, so
+        // the host refuses the output and says where it was).
+        let body = "(block $done (loop $l
+                (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                (br $l)))
+            (i64.or (i64.shl (i64.const 1048576) (i64.const 32)) (i64.extend_i32_u (memory.size)))";
+        let p = load(wat(body, "")).unwrap();
+        let e = call(&p, b"x").unwrap_err();
+        assert!(e.message.contains("(16 bytes)") && e.message.contains("1048576-byte memory"), "{}", e.message);
+    }
+
+    #[test]
+    fn guest_buffers_outside_memory_are_refused() {
+        let alloc_at = |addr: &str| {
+            wat(OK_OUTPUT, "").replace(
+                "(result i32) (i32.const 4096))",
+                &format!("(result i32) (i32.const {addr}))"),
+            )
+        };
+        let p = load(alloc_at("0")).unwrap_or_else(|e| panic!("{e}"));
+        let e = call(&p, b"x").unwrap_err();
+        assert!(e.message.contains("returned 0") && e.keep, "{e:?}");
+        let p = load(alloc_at("65530")).unwrap();
+        let e = call(&p, b"record").unwrap_err();
+        assert!(e.message.contains("outside") && !e.keep, "{e:?}");
+        for (out, wanted) in [
+            ("(i64.const -281474976710640)", "outside"), // 0xFFFF0000 << 32 | 16
+            ("(i64.const 281449206906896)", "outside"), // 65530 << 32 | 16: straddles the end
+            ("(i64.const 7340033)", "exceeds the limit"),
+            ("(i64.const 0)", "returned 0"),
+        ] {
+            let p = load(wat(out, "")).unwrap();
+            let e = call(&p, b"x").unwrap_err();
+            assert!(e.message.contains(wanted), "{out}: {e:?}");
+            assert!(e.keep);
+        }
+    }
+
+    #[test]
+    fn compiled_modules_are_cached_and_a_damaged_entry_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(wat(OK_OUTPUT, ""));
+        let p = Plugin::load(s.clone(), Some(dir.path())).unwrap();
+        assert!(call(&p, b"x").is_ok());
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        let path = entries[0].path();
+        assert!(path.file_name().unwrap().to_string_lossy().starts_with(&s.digest()));
+        let good = std::fs::read(&path).unwrap();
+        let p = Plugin::load(s.clone(), Some(dir.path())).unwrap();
+        assert!(call(&p, b"x").is_ok());
+        std::fs::write(&path, b"garbage").unwrap();
+        let p = Plugin::load(s, Some(dir.path())).unwrap();
+        assert!(call(&p, b"x").is_ok());
+        assert_eq!(std::fs::read(&path).unwrap().len(), good.len());
+    }
+}

@@ -367,3 +367,17 @@ impl XorShift {
         self.next() % n
     }
 }
+
+/// The built example or hostile plugin `name` (`transforms/build/<name>.wasm`); the test command
+/// builds them with `transforms/build.sh` before `cargo test`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("transforms/build")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run transforms/build.sh first (tests/run-all.sh does)",
+        path.display()
+    );
+    path
+}
