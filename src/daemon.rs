@@ -165,7 +165,55 @@ async fn destination(
             (Arc::new(store), format!("arn:aws:s3:::{bucket}"))
         }
     };
-    let settings = Arc::new(DeliverySettings {
+    let settings = Arc::new(delivery_settings(ds, instance, data_dir)?);
+    let compression = s3.compression.firehose_name();
+    let mut description = serde_json::json!({
+        "RoleARN": "arn:aws:iam::000000000000:role/spillway",
+        "BucketARN": bucket_arn,
+        "Prefix": s3.prefix.as_configured(),
+        "BufferingHints": {"SizeInMBs": s3.hints().size_mib, "IntervalInSeconds": s3.hints().interval_s},
+        "CompressionFormat": compression,
+        "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+        "S3BackupMode": "Disabled",
+    });
+    if let Some(fc) = &s3.format_conversion {
+        description["DataFormatConversionConfiguration"] = fc.describe();
+    }
+    if let Some(zone) = &s3.custom_time_zone {
+        description["CustomTimeZone"] = zone.name().into();
+    }
+    if let Some(extension) = &s3.file_extension {
+        description["FileExtension"] = extension.as_str().into();
+    }
+    if s3.partitioning().is_some() {
+        description["DynamicPartitioningConfiguration"] = serde_json::json!({
+            "Enabled": true,
+            "RetryOptions": {"DurationInSeconds": s3.retry.duration_s},
+        });
+        description["ErrorOutputPrefix"] = s3
+            .error_output_prefix
+            .as_ref()
+            .map(|p| p.as_configured().to_string())
+            .into();
+    }
+    if !ds.processing.is_empty() {
+        description["ProcessingConfiguration"] = serde_json::json!({
+            "Enabled": true,
+            "Processors": ds.processing.iter().map(|p| p.describe()).collect::<Vec<_>>(),
+        });
+    }
+    Ok((settings, store, description))
+}
+
+/// What a stream's pipelines do with its records, from its configuration: processors, plugins
+/// (compiled modules cached under `data_dir/plugins`), partitioning, buffering, naming.
+pub fn delivery_settings(
+    ds: &DeliveryStreamConfig,
+    instance: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<DeliverySettings> {
+    let Destination::S3(s3) = &ds.destination;
+    Ok(DeliverySettings {
         instance: instance.to_string(),
         name: ds.name.to_string(),
         version: 1,
@@ -210,44 +258,7 @@ async fn destination(
             .partitioning()
             .map_or(usize::MAX, |d| d.max_active_partitions as usize),
         routing: ds.routing_fingerprint(),
-    });
-    let compression = s3.compression.firehose_name();
-    let mut description = serde_json::json!({
-        "RoleARN": "arn:aws:iam::000000000000:role/spillway",
-        "BucketARN": bucket_arn,
-        "Prefix": s3.prefix.as_configured(),
-        "BufferingHints": {"SizeInMBs": s3.hints().size_mib, "IntervalInSeconds": s3.hints().interval_s},
-        "CompressionFormat": compression,
-        "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
-        "S3BackupMode": "Disabled",
-    });
-    if let Some(fc) = &s3.format_conversion {
-        description["DataFormatConversionConfiguration"] = fc.describe();
-    }
-    if let Some(zone) = &s3.custom_time_zone {
-        description["CustomTimeZone"] = zone.name().into();
-    }
-    if let Some(extension) = &s3.file_extension {
-        description["FileExtension"] = extension.as_str().into();
-    }
-    if s3.partitioning().is_some() {
-        description["DynamicPartitioningConfiguration"] = serde_json::json!({
-            "Enabled": true,
-            "RetryOptions": {"DurationInSeconds": s3.retry.duration_s},
-        });
-        description["ErrorOutputPrefix"] = s3
-            .error_output_prefix
-            .as_ref()
-            .map(|p| p.as_configured().to_string())
-            .into();
-    }
-    if !ds.processing.is_empty() {
-        description["ProcessingConfiguration"] = serde_json::json!({
-            "Enabled": true,
-            "Processors": ds.processing.iter().map(|p| p.describe()).collect::<Vec<_>>(),
-        });
-    }
-    Ok((settings, store, description))
+    })
 }
 
 fn enforce_retention(logs: &[Arc<StreamLog>]) {

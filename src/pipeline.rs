@@ -239,6 +239,9 @@ struct Run<'a> {
     /// The next sequence number to process.
     processed: u64,
     scratch: Vec<Outcome>,
+    /// A read's outcomes after the plugins, and the plugins' buffers (reused across reads).
+    transformed: Vec<(usize, Outcome)>,
+    transform_scratch: crate::transform::Scratch,
     /// The partition id of the record being placed (reused: no allocation per record).
     id: String,
     /// Whether this run delivered an object.
@@ -288,6 +291,8 @@ impl<'a> Run<'a> {
             entries: ck.objects,
             processed: ck.next,
             scratch: Vec::new(),
+            transformed: Vec::new(),
+            transform_scratch: Default::default(),
             id: String::new(),
             progressed: false,
         };
@@ -345,8 +350,12 @@ impl<'a> Run<'a> {
                 continue;
             }
             // With plugins, the whole read goes through them before its records are placed.
-            let mut transformed = (!self.settings.transforms.is_empty())
-                .then(|| self.transform(&batch).into_iter().peekable());
+            let mut items = std::mem::take(&mut self.transformed);
+            if !self.settings.transforms.is_empty() {
+                self.transform(&batch, &mut items);
+            }
+            let mut transformed =
+                (!self.settings.transforms.is_empty()).then(|| items.drain(..).peekable());
             for (i, record) in batch.iter().enumerate() {
                 self.replay_closes(record.sequence.0)?;
                 let mut outcomes = std::mem::take(&mut self.scratch);
@@ -368,6 +377,8 @@ impl<'a> Run<'a> {
                     backoff.reset();
                 }
             }
+            drop(transformed);
+            self.transformed = items;
             if !self.replaying() {
                 let due = self.due(false);
                 if !due.is_empty() {
@@ -404,9 +415,8 @@ impl<'a> Run<'a> {
 
     /// The processors' and plugins' outcomes for a read, each tagged with the index of its log
     /// record; the pieces of one log record are numbered again (`sub`) as the plugins left them.
-    fn transform(&self, batch: &[LogRecord]) -> Vec<(usize, Outcome)> {
-        let mut items = Vec::with_capacity(batch.len());
-        let mut outcomes = Vec::new();
+    fn transform(&mut self, batch: &[LogRecord], items: &mut Vec<(usize, Outcome)>) {
+        let mut outcomes = std::mem::take(&mut self.scratch);
         for (i, record) in batch.iter().enumerate() {
             if self.settings.processors.is_empty() {
                 outcomes.push(Outcome::Ok(Record::whole(record)));
@@ -415,16 +425,18 @@ impl<'a> Run<'a> {
             }
             items.extend(outcomes.drain(..).map(|o| (i, o)));
         }
-        let mut items = self.settings.transforms.run(items);
+        self.scratch = outcomes;
+        self.settings
+            .transforms
+            .run(items, &mut self.transform_scratch);
         let mut last = (usize::MAX, 0u32);
-        for (i, outcome) in &mut items {
+        for (i, outcome) in items.iter_mut() {
             let sub = if last.0 == *i { last.1 + 1 } else { 0 };
             last = (*i, sub);
             match outcome {
                 Outcome::Ok(r) | Outcome::Failed(r, _) => r.sub = sub,
             }
         }
-        items
     }
 
     /// Routes the pieces of one log record (`outcomes`, given back emptied as the scratch

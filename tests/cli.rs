@@ -56,9 +56,11 @@ fn every_example_config_runs_and_delivers() {
             .unwrap()
             .contains("format_conversion:")
     };
+    // Configs with plugins change the records: see the test below.
+    let transforms = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().contains("wasm:");
     for path in examples()
         .into_iter()
-        .filter(|p| !writes_to_s3(p) && !converts(p))
+        .filter(|p| !writes_to_s3(p) && !converts(p) && !transforms(p))
     {
         let dir = tempfile::tempdir().unwrap();
         let mut daemon = Daemon::start(&path, dir.path());
@@ -75,6 +77,44 @@ fn every_example_config_runs_and_delivers() {
         lines.sort();
         assert_eq!(lines, records, "{}", path.display());
     }
+}
+
+#[test]
+fn the_transform_example_runs_its_plugins() {
+    common::plugin("rename");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/transform.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&path, dir.path());
+    let mut conn = Connection::open(daemon.addr).unwrap();
+    let records = [
+        br#"{"msg":"hello","tenant":"acme"}"#.to_vec(),
+        br#"{"msg":"hi","tenant":"zenith"}"#.to_vec(),
+        br#"{"msg":"no tenant"}"#.to_vec(),
+    ];
+    let (status, body) = put_batch(&mut conn, "events", &records).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    let lake = daemon.lake();
+    for (tenant, line) in [
+        ("acme", r#"{"message":"hello","tenant":"acme","enriched":true}"#),
+        ("zenith", r#"{"message":"hi","tenant":"zenith","enriched":true}"#),
+    ] {
+        let dir = lake.join(format!("tenant={tenant}/kind=click"));
+        assert_eq!(lake_lines(&dir), vec![line.as_bytes().to_vec()], "{}", dir.display());
+    }
+    let errors = lake_lines(&lake.join("errors/processing-failed"));
+    assert_eq!(errors.len(), 1);
+    let doc: serde_json::Value = serde_json::from_slice(&errors[0]).unwrap();
+    assert_eq!(doc["errorCode"], "Lambda.ProcessingFailedStatus", "{doc}");
+    assert_eq!(doc["errorMessage"], "no string field \"tenant\"", "{doc}");
+    assert_eq!(
+        doc["lambdaArn"],
+        "wasm:../transforms/build/partition_keys.wasm#spillway_transform"
+    );
+    assert_eq!(
+        b64(br#"{"message":"no tenant","enriched":true}"#),
+        doc["rawData"].as_str().unwrap()
+    );
 }
 
 #[test]

@@ -122,15 +122,32 @@ fn default_memory_mib() -> u64 {
     256
 }
 
+/// `buffer_mib`: a number from 0.2 to 3. Checked inside the visitor, so that an error carries
+/// the value's line and field.
 fn buffer_mib<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let v = f64::deserialize(d)?;
-    if (0.2..=3.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(de::Error::custom(format!(
-            "must be between 0.2 and 3 (MiB), got {v}"
-        )))
+    struct Mib;
+    impl de::Visitor<'_> for Mib {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number of MiB between 0.2 and 3")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            if (0.2..=3.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(E::custom(format!(
+                    "must be between 0.2 and 3 (MiB), got {v}"
+                )))
+            }
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            self.visit_f64(v as f64)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            self.visit_f64(v as f64)
+        }
     }
+    d.deserialize_f64(Mib)
 }
 
 /// The compression `decompress` undoes.

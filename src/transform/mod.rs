@@ -29,7 +29,7 @@ use crate::error_output::Failure;
 use crate::process::{Outcome, Record, PROCESSING_FAILED};
 
 use self::abi::{BatchWriter, RecordResult, MAX_BATCH_BYTES};
-use self::plugin::{CallError, Plugin, PluginSpec};
+use self::plugin::{CallError, OutputBuffers, Plugin, PluginSpec};
 
 /// A plugin that cannot be used: the delivery stream does not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,13 +92,22 @@ impl Transforms {
     }
 
     /// Runs `items` (outcomes tagged with the index of the log record they came from, in order)
-    /// through every plugin; failed outcomes pass through in their place.
-    pub fn run(&self, mut items: Vec<(usize, Outcome)>) -> Vec<(usize, Outcome)> {
+    /// through every plugin, in place; failed outcomes pass through in their place.
+    pub fn run(&self, items: &mut Vec<(usize, Outcome)>, scratch: &mut Scratch) {
         for t in &self.chain {
-            items = t.run(items);
+            t.run(items, scratch);
+            std::mem::swap(items, &mut scratch.out);
         }
-        items
     }
+}
+
+/// What a pipeline keeps between reads so that transforming allocates nothing in the steady state.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    batch: BatchWriter,
+    pending: Vec<(usize, Outcome)>,
+    out: Vec<(usize, Outcome)>,
+    outputs: OutputBuffers,
 }
 
 fn spec(w: &WasmConfig) -> PluginSpec {
@@ -113,18 +122,18 @@ fn spec(w: &WasmConfig) -> PluginSpec {
 }
 
 impl Transform {
-    fn run(&self, items: Vec<(usize, Outcome)>) -> Vec<(usize, Outcome)> {
-        let mut out = Vec::with_capacity(items.len());
-        let mut pending = Vec::new();
-        let mut batch = BatchWriter::default();
-        for item in items {
+    /// Moves `items`, transformed, to `s.out`.
+    fn run(&self, items: &mut Vec<(usize, Outcome)>, s: &mut Scratch) {
+        s.out.clear();
+        s.batch.clear();
+        for item in items.drain(..) {
             let item = match item {
                 (i, Outcome::Ok(r)) => {
                     let need = abi::encoded_len(r.data.len());
-                    if !batch.is_empty() && batch.len() + need > self.buffer_bytes {
-                        self.flush(&mut batch, &mut pending, &mut out);
+                    if !s.batch.is_empty() && s.batch.len() + need > self.buffer_bytes {
+                        self.flush(s);
                     }
-                    if batch.len() + need > MAX_BATCH_BYTES {
+                    if s.batch.len() + need > MAX_BATCH_BYTES {
                         let f = self.failure(
                             PAYLOAD_TOO_LARGE,
                             format!(
@@ -135,34 +144,29 @@ impl Transform {
                         );
                         (i, Outcome::Failed(r, f))
                     } else {
-                        batch.push(r.arrival_ms, &r.data);
+                        s.batch.push(r.arrival_ms, &r.data);
                         (i, Outcome::Ok(r))
                     }
                 }
                 failed => failed,
             };
-            pending.push(item);
+            s.pending.push(item);
         }
-        self.flush(&mut batch, &mut pending, &mut out);
-        out
+        self.flush(s);
     }
 
-    /// Calls the plugin on `batch` (the `Ok` records of `pending`, in order) and moves `pending`'s
-    /// outcomes, transformed, to `out`.
-    fn flush(
-        &self,
-        batch: &mut BatchWriter,
-        pending: &mut Vec<(usize, Outcome)>,
-        out: &mut Vec<(usize, Outcome)>,
-    ) {
-        if batch.is_empty() {
-            out.append(pending);
+    /// Calls the plugin on `s.batch` (the `Ok` records of `s.pending`, in order) and moves
+    /// `s.pending`'s outcomes, transformed, to `s.out`.
+    fn flush(&self, s: &mut Scratch) {
+        if s.batch.is_empty() {
+            s.out.append(&mut s.pending);
             return;
         }
-        let (results, attempts) = self.call(batch);
-        batch.clear();
+        let (results, attempts) = self.call(&s.batch, &mut s.outputs);
+        s.batch.clear();
+        let out = &mut s.out;
         let mut results = results.map(Vec::into_iter);
-        for (i, outcome) in pending.drain(..) {
+        for (i, outcome) in s.pending.drain(..) {
             let r = match outcome {
                 Outcome::Ok(r) => r,
                 failed => {
@@ -213,11 +217,15 @@ impl Transform {
     }
 
     /// One batch, with its retries: the results, or the last error; and the attempts made.
-    fn call(&self, batch: &BatchWriter) -> (Result<Vec<RecordResult>, CallError>, u32) {
+    fn call(
+        &self,
+        batch: &BatchWriter,
+        outputs: &mut OutputBuffers,
+    ) -> (Result<Vec<RecordResult>, CallError>, u32) {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.plugin.call(batch.bytes(), batch.count()) {
+            match self.plugin.call(batch.bytes(), batch.count(), outputs) {
                 Ok(results) => return (Ok(results), attempt),
                 Err(e) => {
                     let last = attempt > self.retries;
@@ -289,6 +297,13 @@ mod tests {
         }
     }
 
+    fn run_stage(t: &Transform, mut items: Vec<(usize, Outcome)>) -> Vec<(usize, Outcome)> {
+        let mut s = Scratch::default();
+        t.run(&mut items, &mut s);
+        assert!(items.is_empty());
+        s.out
+    }
+
     fn record(seq: u64, data: &'static [u8]) -> Record {
         Record {
             sequence: SequenceNumber(seq),
@@ -326,10 +341,10 @@ mod tests {
             )
         };
         let t = stage(failing_first(3), 1 << 20, 3);
-        let out = t.run(vec![(0, Outcome::Ok(record(1, b"a")))]);
+        let out = run_stage(&t, vec![(0, Outcome::Ok(record(1, b"a")))]);
         assert_eq!(summary(&out), vec![(0, "ok ok".to_string())]);
         let t = stage(failing_first(4), 1 << 20, 3);
-        let out = t.run(vec![(0, Outcome::Ok(record(1, b"a")))]);
+        let out = run_stage(&t, vec![(0, Outcome::Ok(record(1, b"a")))]);
         assert_eq!(
             summary(&out),
             vec![(0, "a Lambda.FunctionError x4".to_string())]
@@ -365,7 +380,7 @@ mod tests {
         // Room for one record per batch: each call answers its record.
         let t = stage(wat(OK_OUTPUT, ""), 8 + abi::encoded_len(1), 0);
         assert_eq!(
-            summary(&t.run(items())),
+            summary(&run_stage(&t, items())),
             vec![
                 (0, "ok ok".into()),
                 (1, "earlier failure X x1".into()),
@@ -375,7 +390,7 @@ mod tests {
         // Both in one batch: the plugin answers only id 0, so the batch fails as a whole.
         let t = stage(wat(OK_OUTPUT, ""), 1 << 20, 0);
         assert_eq!(
-            summary(&t.run(items())),
+            summary(&run_stage(&t, items())),
             vec![
                 (0, "a Lambda.MissingRecordId x1".into()),
                 (1, "earlier failure X x1".into()),
@@ -388,7 +403,7 @@ mod tests {
     fn a_record_too_large_for_any_batch_fails_alone() {
         let t = stage(wat(OK_OUTPUT, ""), 1 << 20, 0);
         let big: &'static [u8] = Box::leak(vec![b'x'; MAX_BATCH_BYTES].into_boxed_slice());
-        let out = t.run(vec![
+        let out = run_stage(&t, vec![
             (0, Outcome::Ok(record(1, big))),
             (1, Outcome::Ok(record(2, b"a"))),
         ]);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, ExternType, InstancePre, Linker, Memory, Module, Store, StoreLimits,
@@ -232,12 +232,17 @@ impl Plugin {
 
     /// Runs one batch (an encoded [`abi::BatchWriter`] of `count` records) on a pooled instance
     /// and returns the validated results in input order.
-    pub fn call(&self, batch: &[u8], count: usize) -> Result<Vec<abi::RecordResult>, CallError> {
+    pub fn call(
+        &self,
+        batch: &[u8],
+        count: usize,
+        buffers: &mut OutputBuffers,
+    ) -> Result<Vec<abi::RecordResult>, CallError> {
         let mut ready = match self.take() {
             Some(r) => r,
             None => self.instantiate()?,
         };
-        let outcome = self.call_on(&mut ready, batch, count);
+        let outcome = self.call_on(&mut ready, batch, count, buffers);
         if outcome.as_ref().err().is_none_or(|e| e.keep) {
             self.put_back(ready);
         }
@@ -393,6 +398,7 @@ impl Plugin {
         ready: &mut Ready,
         batch: &[u8],
         count: usize,
+        buffers: &mut OutputBuffers,
     ) -> Result<Vec<abi::RecordResult>, CallError> {
         debug_assert!(batch.len() <= MAX_BATCH_BYTES);
         ready.store.data_mut().begin_call();
@@ -437,7 +443,7 @@ impl Plugin {
                 "the output at {out_ptr:#x} ({out_len} bytes) lies outside the plugin's {size}-byte memory"
             )));
         }
-        let out = Bytes::copy_from_slice(
+        let out = buffers.copy(
             &ready.memory.data(&ready.store)[out_ptr as usize..(out_ptr + out_len) as usize],
         );
         abi::parse_output(&out, count).map_err(|e| CallError {
@@ -445,6 +451,35 @@ impl Plugin {
             message: e.to_string(),
             keep: true,
         })
+    }
+}
+
+/// Where plugin outputs are copied out of guest memory. The records cut from an output share its
+/// buffer; once they are all delivered the buffer is reused, so that steady-state batches allocate
+/// (and fault in) no new memory.
+#[derive(Debug, Default)]
+pub struct OutputBuffers {
+    pool: Vec<BytesMut>,
+}
+
+/// Buffers kept per pipeline: one per batch whose records may still be alive, plus one.
+const OUTPUT_BUFFERS: usize = 4;
+
+impl OutputBuffers {
+    /// `bytes` in a buffer of the pool.
+    pub fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        let i = match self.pool.iter_mut().position(|b| b.try_reclaim(bytes.len())) {
+            Some(i) => i,
+            None if self.pool.len() < OUTPUT_BUFFERS => {
+                self.pool
+                    .push(BytesMut::with_capacity(bytes.len().max(64 << 10)));
+                self.pool.len() - 1
+            }
+            None => 0,
+        };
+        let b = &mut self.pool[i];
+        b.extend_from_slice(bytes);
+        b.split().freeze()
     }
 }
 
@@ -625,7 +660,7 @@ mod tests {
 
     fn call(p: &Plugin, data: &[u8]) -> Result<Vec<abi::RecordResult>, CallError> {
         let b = one(data);
-        p.call(b.bytes(), b.count())
+        p.call(b.bytes(), b.count(), &mut OutputBuffers::default())
     }
 
     fn refusal(module: String) -> String {
