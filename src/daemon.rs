@@ -85,6 +85,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect::<Result<Vec<JoinHandle<()>>, _>>()
         .context("starting a pipeline thread")?;
 
+    // Signal handlers first: a SIGTERM that arrives once the port answers must drain, not kill.
+    let shutdown = Shutdown::install()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the endpoint to {}", config.listen))?;
@@ -103,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let signal = wait_for_signal().await?;
+    let signal = shutdown.wait().await;
     let grace = Duration::from_secs(config.shutdown_grace_s);
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(%signal, grace_s = config.shutdown_grace_s, "draining: refusing new records, delivering buffered ones");
@@ -278,12 +280,26 @@ fn enforce_retention(logs: &[Arc<StreamLog>]) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// The name of the first signal received.
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

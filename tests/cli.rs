@@ -96,11 +96,22 @@ fn the_transform_example_runs_its_plugins() {
     assert!(daemon.terminate().success(), "{}", daemon.stderr());
     let lake = daemon.lake();
     for (tenant, line) in [
-        ("acme", r#"{"message":"hello","tenant":"acme","enriched":true}"#),
-        ("zenith", r#"{"message":"hi","tenant":"zenith","enriched":true}"#),
+        (
+            "acme",
+            r#"{"message":"hello","tenant":"acme","enriched":true}"#,
+        ),
+        (
+            "zenith",
+            r#"{"message":"hi","tenant":"zenith","enriched":true}"#,
+        ),
     ] {
         let dir = lake.join(format!("tenant={tenant}/kind=click"));
-        assert_eq!(lake_lines(&dir), vec![line.as_bytes().to_vec()], "{}", dir.display());
+        assert_eq!(
+            lake_lines(&dir),
+            vec![line.as_bytes().to_vec()],
+            "{}",
+            dir.display()
+        );
     }
     let errors = lake_lines(&lake.join("errors/processing-failed"));
     assert_eq!(errors.len(), 1);

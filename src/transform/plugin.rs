@@ -443,9 +443,8 @@ impl Plugin {
                 "the output at {out_ptr:#x} ({out_len} bytes) lies outside the plugin's {size}-byte memory"
             )));
         }
-        let out = buffers.copy(
-            &ready.memory.data(&ready.store)[out_ptr as usize..(out_ptr + out_len) as usize],
-        );
+        let out = buffers
+            .copy(&ready.memory.data(&ready.store)[out_ptr as usize..(out_ptr + out_len) as usize]);
         abi::parse_output(&out, count).map_err(|e| CallError {
             code: e.code(),
             message: e.to_string(),
@@ -468,7 +467,11 @@ const OUTPUT_BUFFERS: usize = 4;
 impl OutputBuffers {
     /// `bytes` in a buffer of the pool.
     pub fn copy(&mut self, bytes: &[u8]) -> Bytes {
-        let i = match self.pool.iter_mut().position(|b| b.try_reclaim(bytes.len())) {
+        let i = match self
+            .pool
+            .iter_mut()
+            .position(|b| b.try_reclaim(bytes.len()))
+        {
             Some(i) => i,
             None if self.pool.len() < OUTPUT_BUFFERS => {
                 self.pool
@@ -555,7 +558,8 @@ fn check_module(module: &Module, function: &str) -> Result<(), String> {
     }
     let i32_ = |v: &ValType| matches!(v, ValType::I32);
     let i64_ = |v: &ValType| matches!(v, ValType::I64);
-    let want: [(&str, &[fn(&ValType) -> bool], &[fn(&ValType) -> bool], bool); 5] = [
+    type Check = fn(&ValType) -> bool;
+    let want: [(&str, &[Check], &[Check], bool); 5] = [
         ("spillway_abi_version", &[], &[i32_], true),
         ("spillway_alloc", &[i32_], &[i32_], true),
         (function, &[i32_, i32_], &[i64_], true),
@@ -688,17 +692,26 @@ mod tests {
         let base = wat(OK_OUTPUT, "");
         let cases = [
             (base.replace("(export \"memory\")", ""), "memory"),
-            (base.replace("(export \"spillway_alloc\")", ""), "spillway_alloc"),
+            (
+                base.replace("(export \"spillway_alloc\")", ""),
+                "spillway_alloc",
+            ),
             (
                 base.replace("(param $n i32) (result i64)", "(param $n i64) (result i64)"),
                 "(i32, i64) -> (i64)",
             ),
             (
-                base.replace("\"wasi_snapshot_preview1\" \"proc_exit\"", "\"env\" \"exit\""),
+                base.replace(
+                    "\"wasi_snapshot_preview1\" \"proc_exit\"",
+                    "\"env\" \"exit\"",
+                ),
                 "env.exit",
             ),
             (
-                base.replace("(result i32) (i32.const 1))", "(result i32) (i32.const 99))"),
+                base.replace(
+                    "(result i32) (i32.const 1))",
+                    "(result i32) (i32.const 99))",
+                ),
                 "ABI version 99",
             ),
             (
@@ -712,7 +725,10 @@ mod tests {
                 wat(OK_OUTPUT, "(func $s (loop $l (br $l))) (start $s)"),
                 "deadline of 200 ms",
             ),
-            ("(module (memory (export \"memory\") 17))".into(), "spillway_abi_version"),
+            (
+                "(module (memory (export \"memory\") 17))".into(),
+                "spillway_abi_version",
+            ),
             ("not a module".into(), "expected"),
         ];
         for (module, wanted) in cases {
@@ -720,12 +736,17 @@ mod tests {
             assert!(reason.contains(wanted), "{wanted:?} not in {reason:?}");
         }
         // Memory beyond the cap at instantiation.
-        let big = wat(OK_OUTPUT, "").replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 17)");
+        let big = wat(OK_OUTPUT, "").replace(
+            "(memory (export \"memory\") 1)",
+            "(memory (export \"memory\") 17)",
+        );
         assert!(refusal(big).contains("instantiating"));
         // A config for a plugin that cannot take one.
         let mut s = spec(wat(OK_OUTPUT, ""));
         s.config = "x".into();
-        assert!(matches!(Plugin::load(s, None), Err(TransformError::Refused { reason, .. }) if reason.contains("spillway_init")));
+        assert!(
+            matches!(Plugin::load(s, None), Err(TransformError::Refused { reason, .. }) if reason.contains("spillway_init"))
+        );
     }
 
     #[test]
@@ -758,7 +779,10 @@ mod tests {
         assert_eq!(e.code, FUNCTION_ERROR);
         assert!(e.message.contains("deadline of 200 ms"), "{}", e.message);
         assert!(!e.keep);
-        assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
         assert!(call(&p, b"x").is_ok());
     }
 
@@ -774,7 +798,11 @@ mod tests {
             let p = load(wat(body, "(func $deep (call $deep))")).unwrap();
             let e = call(&p, b"x").unwrap_err();
             assert_eq!(e.code, FUNCTION_ERROR);
-            assert!(e.message.contains(wanted), "{wanted:?} not in {:?}", e.message);
+            assert!(
+                e.message.contains(wanted),
+                "{wanted:?} not in {:?}",
+                e.message
+            );
             assert!(!e.keep);
         }
     }
@@ -798,7 +826,11 @@ mod tests {
             (i64.or (i64.shl (i64.const 1048576) (i64.const 32)) (i64.extend_i32_u (memory.size)))";
         let p = load(wat(body, "")).unwrap();
         let e = call(&p, b"x").unwrap_err();
-        assert!(e.message.contains("(16 bytes)") && e.message.contains("1048576-byte memory"), "{}", e.message);
+        assert!(
+            e.message.contains("(16 bytes)") && e.message.contains("1048576-byte memory"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -817,7 +849,7 @@ mod tests {
         assert!(e.message.contains("outside") && !e.keep, "{e:?}");
         for (out, wanted) in [
             ("(i64.const -281474976710640)", "outside"), // 0xFFFF0000 << 32 | 16
-            ("(i64.const 281449206906896)", "outside"), // 65530 << 32 | 16: straddles the end
+            ("(i64.const 281449206906896)", "outside"),  // 65530 << 32 | 16: straddles the end
             ("(i64.const 7340033)", "exceeds the limit"),
             ("(i64.const 0)", "returned 0"),
         ] {
@@ -837,7 +869,11 @@ mod tests {
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(entries.len(), 1);
         let path = entries[0].path();
-        assert!(path.file_name().unwrap().to_string_lossy().starts_with(&s.digest()));
+        assert!(path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&s.digest()));
         let good = std::fs::read(&path).unwrap();
         let p = Plugin::load(s.clone(), Some(dir.path())).unwrap();
         assert!(call(&p, b"x").is_ok());
