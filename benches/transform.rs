@@ -8,7 +8,8 @@
 //!    validate, copy out), and the per-record cost of each example plugin in 1 MiB batches.
 //!
 //! Needs `transforms/build.sh` to have run. `cargo bench --bench transform` (env:
-//! SPILLWAY_BENCH_RECORDS, default 1,000,000; SPILLWAY_BENCH_ONLY, a variant label's substring).
+//! SPILLWAY_BENCH_RECORDS, default 1,000,000; SPILLWAY_BENCH_ONLY, a variant label's substring;
+//! SPILLWAY_BENCH_CALLS_ONLY=1, only the per-call table; SPILLWAY_BENCH_SECONDS, default 10).
 
 mod load;
 
@@ -27,7 +28,11 @@ fn plugin_path(name: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("transforms/build")
         .join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} missing: run transforms/build.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run transforms/build.sh",
+        p.display()
+    );
     p.display().to_string()
 }
 
@@ -38,7 +43,9 @@ struct Variant {
 }
 
 fn variants() -> Vec<Variant> {
-    let wasm = |name: &str, extra: &str| format!("{{ wasm: {{ module: '{}'{extra} }} }}", plugin_path(name));
+    let wasm = |name: &str, extra: &str| {
+        format!("{{ wasm: {{ module: '{}'{extra} }} }}", plugin_path(name))
+    };
     let lambda_prefix = "prefix: 'tenant=!{partitionKeyFromLambda:tenant}/', error_output_prefix: 'errors/!{firehose:error-output-type}/', dynamic_partitioning: { enabled: true }, ";
     let query_prefix = "prefix: 'tenant=!{partitionKeyFromQuery:tenant}/', error_output_prefix: 'errors/!{firehose:error-output-type}/', dynamic_partitioning: { enabled: true }, ";
     vec![
@@ -183,7 +190,9 @@ fn median_call(plugin: &Plugin, batch: &BatchWriter, runs: usize) -> f64 {
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
-            let r = plugin.call(batch.bytes(), batch.count(), &mut buffers).unwrap();
+            let r = plugin
+                .call(batch.bytes(), batch.count(), &mut buffers)
+                .unwrap();
             std::hint::black_box(r);
             t.elapsed().as_secs_f64()
         })
@@ -199,12 +208,14 @@ fn main() {
     println!("One pipeline (one shard) delivering {n} records of {mean:.0} bytes from the log to a local lake; size_mib 64; best of 3 runs");
     println!("| variant | records/s | MB/s | objects | vs no plugin |");
     println!("|---|---|---|---|---|");
+    let calls_only = std::env::var_os("SPILLWAY_BENCH_CALLS_ONLY").is_some();
     let mut baseline = None;
     // SPILLWAY_BENCH_ONLY=<label substring> runs the baseline and the matching variants (for profiling).
     let only = std::env::var("SPILLWAY_BENCH_ONLY").ok();
     for v in variants()
         .into_iter()
         .enumerate()
+        .filter(|_| !calls_only)
         .filter(|(i, v)| *i == 0 || only.as_ref().is_none_or(|o| v.label.contains(o.as_str())))
         .map(|(_, v)| v)
     {
@@ -226,8 +237,52 @@ fn main() {
     }
 
     println!();
+    let seconds: u64 = load::env_or("SPILLWAY_BENCH_SECONDS", 10);
+    let connections = 8;
+    println!("Whole daemon: Direct PUT → local lake, 2 shards, {connections} connections, {seconds} s of load then SIGTERM (clock stops when every acknowledged record is delivered); ingest and delivery share the 2 cores");
+    println!("| variant | records/s | vs no plugin | daemon peak RSS MiB |");
+    println!("|---|---|---|---|");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut baseline = None;
+    for (label, processing) in [
+        ("no plugin", "[ { append_delimiter: true } ]".to_string()),
+        (
+            "rename",
+            format!(
+                "[ {{ wasm: {{ module: '{}' }} }}, {{ append_delimiter: true }} ]",
+                plugin_path("rename")
+            ),
+        ),
+    ] {
+        if calls_only {
+            break;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "data_dir: {}\nshutdown_grace_s: 900\nlog: {{ segment_mib: 256 }}\ndelivery_streams:\n  - name: events\n    source: {{ direct_put: {{ shards: 2 }} }}\n    processing: {processing}\n    destination:\n      s3: {{ url: 'file://{}', compression: none, buffering: {{ size_mib: 64, interval_s: 60 }} }}\n",
+            dir.path().join("data").display(),
+            dir.path().join("lake").display(),
+        );
+        let (outcome, _, peak, total) =
+            load::load_then_drain(&rt, dir.path(), &config, &[], connections, seconds);
+        assert_eq!(outcome.errors, 0, "{label}: requests failed");
+        let rate = outcome.calls as f64 * load::RECORDS_PER_CALL as f64 / total;
+        let base = *baseline.get_or_insert(rate);
+        println!(
+            "| {label} | {rate:.0} | {:+.1} % | {peak:.1} |",
+            (base / rate - 1.0) * 100.0
+        );
+    }
+
+    println!();
     println!("Plugin calls (median of 2,000 one-record calls; 1 MiB batches of the records above, median of 50)");
-    println!("| plugin | µs per call (1 record) | records per 1 MiB batch | ns per record | MB/s |");
+    println!(
+        "| plugin | µs per call (1 record) | records per 1 MiB batch | ns per record | MB/s |"
+    );
     println!("|---|---|---|---|---|");
     for (name, config) in [
         ("rename", ""),

@@ -40,7 +40,7 @@ fi
 command -v wasm-ld >/dev/null 2>&1 || die "wasm-ld not found after installing lld"
 
 # --- build ------------------------------------------------------------------------
-CFLAGS=(--target=wasm32-wasi -mexec-model=reactor -O2 -mbulk-memory -std=c11
+CFLAGS=(--target=wasm32-wasi -mexec-model=reactor -O2 -mbulk-memory -msimd128 -std=c11
         -Wall -Wextra -Werror -I"$here/include")
 RUSTFLAGS=(--edition 2021 --target wasm32-wasi --crate-type cdylib -O -C strip=symbols)
 

@@ -96,13 +96,60 @@ impl BatchWriter {
     }
 }
 
+/// The records a plugin made of one input record; the usual one is held without an allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pieces {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+}
+
+impl Pieces {
+    fn push(&mut self, piece: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(piece);
+        } else {
+            self.rest.push(piece);
+        }
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl From<Vec<Bytes>> for Pieces {
+    fn from(list: Vec<Bytes>) -> Pieces {
+        let mut p = Pieces::default();
+        for b in list {
+            p.push(b);
+        }
+        p
+    }
+}
+
+impl IntoIterator for Pieces {
+    type Item = Bytes;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Bytes>, std::vec::IntoIter<Bytes>>;
+
+    /// The records in order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 /// What a plugin made of one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordResult {
     /// The records to deliver in its place (zero or more, slices of the output) and its
     /// partition keys.
     Ok {
-        pieces: Vec<Bytes>,
+        pieces: Pieces,
         keys: Vec<(String, String)>,
     },
     /// Filtered out: delivered nowhere, counted as processed.
@@ -228,7 +275,7 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
                 "record {id}: {piece_count} pieces cannot fit in what is left"
             )));
         }
-        let mut pieces = Vec::with_capacity(piece_count);
+        let mut pieces = Pieces::default();
         for _ in 0..piece_count {
             let len = c.u32("a piece length")? as usize;
             let start = c.at;
@@ -268,7 +315,7 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
             0 => RecordResult::Ok { pieces, keys },
             1 if pieces.is_empty() && keys.is_empty() => RecordResult::Dropped,
             2 if pieces.len() <= 1 && keys.is_empty() => RecordResult::Failed {
-                message: pieces.first().map(|m| message(m)),
+                message: pieces.first.as_deref().map(message),
             },
             1 | 2 => {
                 return Err(malformed(format!(
@@ -393,7 +440,7 @@ mod tests {
             r,
             vec![
                 RecordResult::Ok {
-                    pieces: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                    pieces: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")].into(),
                     keys: vec![("k".into(), "v".into())]
                 },
                 RecordResult::Dropped,
@@ -548,7 +595,7 @@ mod tests {
             for (result, pieces, keys) in &records {
                 expected.push(match result {
                     0 => RecordResult::Ok {
-                        pieces: pieces.iter().map(|p| Bytes::from(p.clone())).collect(),
+                        pieces: pieces.iter().map(|p| Bytes::from(p.clone())).collect::<Vec<_>>().into(),
                         keys: keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     },
                     1 => RecordResult::Dropped,

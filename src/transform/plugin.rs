@@ -681,7 +681,7 @@ mod tests {
         assert_eq!(
             r,
             vec![abi::RecordResult::Ok {
-                pieces: vec![Bytes::from_static(b"ok")],
+                pieces: vec![Bytes::from_static(b"ok")].into(),
                 keys: vec![]
             }]
         );
