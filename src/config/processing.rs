@@ -79,13 +79,19 @@ pub struct WasmConfig {
 }
 
 impl fmt::Debug for WasmConfig {
-    /// What decides the plugin's output: part of the routing fingerprint.
+    /// Everything that can decide what becomes of a record (batches, deadlines, memory and
+    /// retries decide failures): part of the routing fingerprint. The bytes are in as their
+    /// digest.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WasmConfig")
             .field("module", &self.module)
             .field("digest", &self.digest)
             .field("function", &self.function)
             .field("config", &self.config)
+            .field("buffer_mib", &self.buffer_mib)
+            .field("number_of_retries", &self.number_of_retries)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("memory_mib", &self.memory_mib)
             .finish_non_exhaustive()
     }
 }

@@ -22,6 +22,9 @@ pub const MAX_KEYS: usize = 50;
 pub const MAX_KEY_NAME: usize = 256;
 /// Longest key value, in bytes.
 pub const MAX_KEY_VALUE: usize = 1024;
+/// Most records one output may hold: each costs the host a record's bookkeeping (~200 bytes),
+/// whereas an empty piece costs the plugin 4 bytes of output.
+pub const MAX_PIECES: usize = 100_000;
 /// A ProcessingFailed message is cut to this many bytes.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
@@ -265,6 +268,7 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
     }
     let mut results: Vec<Option<RecordResult>> = vec![None; count];
     let (mut unknown, mut duplicated) = (None, None);
+    let mut total_pieces = 0usize;
     for _ in 0..n {
         let id = c.u64("a record id")?;
         let at = c.at;
@@ -273,6 +277,12 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
         if piece_count.saturating_mul(4) > c.left() {
             return Err(malformed(format!(
                 "record {id}: {piece_count} pieces cannot fit in what is left"
+            )));
+        }
+        total_pieces += piece_count;
+        if total_pieces > MAX_PIECES {
+            return Err(malformed(format!(
+                "more than {MAX_PIECES} output records in one output"
             )));
         }
         let mut pieces = Pieces::default();
@@ -540,6 +550,14 @@ mod tests {
         magic[3] = b'2';
         assert!(parse_output(&Bytes::from(magic), 1).is_err());
         assert!(parse_output(&Bytes::from_static(b"SPR"), 1).is_err());
+        let mut o = Out::default();
+        let empty: Vec<&[u8]> = vec![b""; MAX_PIECES];
+        o.result(0, 0, &empty, &[]);
+        assert!(parse_output(&o.bytes(), 1).is_ok());
+        o.result(1, 0, &[b""], &[]);
+        assert!(
+            matches!(parse_output(&o.bytes(), 2), Err(OutputError::Malformed(m)) if m.contains("100000"))
+        );
         let big = Bytes::from(vec![0u8; MAX_OUTPUT_BYTES + 1]);
         assert!(
             matches!(parse_output(&big, 1), Err(OutputError::Malformed(m)) if m.contains("limit"))

@@ -6,15 +6,17 @@
 //! more records with optional partition keys (`Ok`), nothing (`Dropped`), or the record itself on
 //! its way to the `processing-failed` error output (`ProcessingFailed`). A batch the plugin fails
 //! as a whole (trap, deadline, bad output, bad record ids) is retried `number_of_retries` times on
-//! a healthy instance, then every record of it goes to `processing-failed` with the last error,
-//! as Firehose does with a failed invocation. Plugins chain: each one sees what the one before
+//! a new instance, then (unless it ran out of time) record by record, and what still fails goes
+//! to `processing-failed` with the last error. Plugins chain: each one sees what the one before
 //! it made, and partition keys accumulate (a later plugin's key replaces an earlier one's).
 //!
 //! Batches are cut from what the pipeline has read (no extra waiting: Firehose's Lambda buffer
 //! interval trades latency for fewer invocations, which an in-process call does not need).
-//! Exactly-once delivery needs a plugin's output for a record to depend on that record alone;
-//! a failure that comes and goes (a deadline hit under load) can send a record to the error
-//! output in one run and to the destination in a replay after a crash, never nowhere.
+//! Exactly-once delivery needs a plugin's output for a record to depend on that record alone.
+//! Failed batches are retried record by record, so a plugin that fails on some records keeps
+//! that property whatever batches the reads make; a deadline does not: a batch that runs out of
+//! time in one run and not in a replay after a crash can route its records differently in the
+//! replay (twice delivered, or skipped where the other place is an already delivered object).
 
 pub mod abi;
 pub mod plugin;
@@ -157,68 +159,97 @@ impl Transform {
 
     /// Calls the plugin on `s.batch` (the `Ok` records of `s.pending`, in order) and moves
     /// `s.pending`'s outcomes, transformed, to `s.out`.
+    ///
+    /// A batch of several records that fails after its retries for any reason but the deadline
+    /// is tried again record by record, so that a record that breaks the plugin fails alone:
+    /// every record's outcome is then what the plugin makes of it, whatever batch it came in
+    /// (which replays after a crash need, as batches are cut from reads). A deadline failure is
+    /// not: each single call could cost a deadline again.
     fn flush(&self, s: &mut Scratch) {
         if s.batch.is_empty() {
             s.out.append(&mut s.pending);
             return;
         }
         let (results, attempts) = self.call(&s.batch, &mut s.outputs);
+        let isolate = matches!(&results, Err(e) if !e.deadline) && s.batch.count() > 1;
         s.batch.clear();
-        let out = &mut s.out;
         let mut results = results.map(Vec::into_iter);
         for (i, outcome) in s.pending.drain(..) {
             let r = match outcome {
                 Outcome::Ok(r) => r,
                 failed => {
-                    out.push((i, failed));
+                    s.out.push((i, failed));
                     continue;
                 }
             };
-            let result = match &mut results {
-                Ok(list) => list.next(),
-                Err(e) => {
-                    let f = self.failure(e.code, e.message.clone(), attempts);
-                    out.push((i, Outcome::Failed(r, f)));
-                    continue;
+            let (result, attempts) = match &mut results {
+                Ok(list) => (list.next().ok_or(None), attempts),
+                Err(_) if isolate => {
+                    s.batch.clear();
+                    s.batch.push(r.arrival_ms, &r.data);
+                    let (result, attempts) = self.call(&s.batch, &mut s.outputs);
+                    s.batch.clear();
+                    let result = result
+                        .map_err(Some)
+                        .and_then(|list| list.into_iter().next().ok_or(None));
+                    (result, attempts)
                 }
+                Err(e) => (Err(Some(e.clone())), attempts),
             };
-            match result {
-                Some(RecordResult::Ok { pieces, keys }) => {
-                    let keys = merge_keys(r.keys.as_ref(), keys);
-                    let mut pieces = pieces.into_iter();
-                    let last = pieces.next_back();
-                    for data in pieces {
-                        let record = Record {
-                            data,
-                            keys: keys.clone(),
-                            ..r.clone()
-                        };
-                        out.push((i, Outcome::Ok(record)));
-                    }
-                    if let Some(data) = last {
-                        // The input record becomes its last piece: no reference count traffic.
-                        let mut r = r;
-                        r.data = data;
-                        r.keys = keys;
-                        out.push((i, Outcome::Ok(r)));
-                    }
+            self.settle(i, r, result, attempts, &mut s.out);
+        }
+    }
+
+    /// Puts what became of record `r` (of log record `i`) into `out`. `Err(None)`: no result
+    /// for it, which `parse_output` rules out.
+    fn settle(
+        &self,
+        i: usize,
+        r: Record,
+        result: Result<RecordResult, Option<CallError>>,
+        attempts: u32,
+        out: &mut Vec<(usize, Outcome)>,
+    ) {
+        match result {
+            Ok(RecordResult::Ok { pieces, keys }) => {
+                let keys = merge_keys(r.keys.as_ref(), keys);
+                let mut pieces = pieces.into_iter();
+                let last = pieces.next_back();
+                for data in pieces {
+                    let record = Record {
+                        data,
+                        keys: keys.clone(),
+                        ..r.clone()
+                    };
+                    out.push((i, Outcome::Ok(record)));
                 }
-                Some(RecordResult::Dropped) => {}
-                Some(RecordResult::Failed { message }) => {
-                    let message =
-                        message.unwrap_or_else(|| "the plugin returned ProcessingFailed".into());
-                    let f = self.failure(PROCESSING_FAILED_STATUS, message, attempts);
-                    out.push((i, Outcome::Failed(r, f)));
+                if let Some(data) = last {
+                    // The input record becomes its last piece: no reference count traffic.
+                    let mut r = r;
+                    r.data = data;
+                    r.keys = keys;
+                    out.push((i, Outcome::Ok(r)));
                 }
-                // parse_output returns exactly one result per record of the batch.
-                None => {
-                    let f = self.failure(
-                        abi::OutputError::MissingId(0).code(),
-                        "no result for the record".into(),
-                        attempts,
-                    );
-                    out.push((i, Outcome::Failed(r, f)));
-                }
+            }
+            Ok(RecordResult::Dropped) => {}
+            Ok(RecordResult::Failed { message }) => {
+                let message = message
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "the plugin returned ProcessingFailed".into());
+                let f = self.failure(PROCESSING_FAILED_STATUS, message, attempts);
+                out.push((i, Outcome::Failed(r, f)));
+            }
+            Err(Some(e)) => {
+                let f = self.failure(e.code, e.message, attempts);
+                out.push((i, Outcome::Failed(r, f)));
+            }
+            Err(None) => {
+                let f = self.failure(
+                    abi::OutputError::MissingId(0).code(),
+                    "no result for the record".into(),
+                    attempts,
+                );
+                out.push((i, Outcome::Failed(r, f)));
             }
         }
     }
@@ -340,22 +371,18 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_batch_is_retried_then_its_records_fail_with_the_attempts_made() {
-        // Fails (returns 0) on its first `k` calls, then answers.
-        let failing_first = |k: u32| {
-            wat(
-                &format!(
-                    "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
-                     (if (result i64) (i32.le_u (global.get $calls) (i32.const {k}))
-                       (then (i64.const 0)) (else {OK_OUTPUT}))"
-                ),
-                "",
-            )
-        };
-        let t = stage(failing_first(3), 1 << 20, 3);
-        let out = run_stage(&t, vec![(0, Outcome::Ok(record(1, b"a")))]);
-        assert_eq!(summary(&out), vec![(0, "ok ok".to_string())]);
-        let t = stage(failing_first(4), 1 << 20, 3);
+    fn a_failed_batch_is_retried_on_fresh_instances_then_its_records_fail() {
+        // Fails (returns 0) on the first call of each instance: retries that reused the failed
+        // instance would succeed; fresh ones fail the same way every time.
+        let first_call_fails = wat(
+            &format!(
+                "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+                 (if (result i64) (i32.eq (global.get $calls) (i32.const 1))
+                   (then (i64.const 0)) (else {OK_OUTPUT}))"
+            ),
+            "",
+        );
+        let t = stage(first_call_fails, 1 << 20, 3);
         let out = run_stage(&t, vec![(0, Outcome::Ok(record(1, b"a")))]);
         assert_eq!(
             summary(&out),
@@ -365,7 +392,15 @@ mod tests {
             unreachable!()
         };
         assert_eq!(f.output_type, PROCESSING_FAILED);
+        assert!(f.message.contains("returned 0"), "{}", f.message);
         assert_eq!(f.plugin.as_deref(), Some("wasm:t.wat#spillway_transform"));
+        // No retries: one attempt.
+        let t = stage(wat("(i64.const 0)", ""), 1 << 20, 0);
+        let out = run_stage(&t, vec![(0, Outcome::Ok(record(1, b"a")))]);
+        assert_eq!(
+            summary(&out),
+            vec![(0, "a Lambda.FunctionError x1".to_string())]
+        );
     }
 
     #[test]
@@ -399,14 +434,51 @@ mod tests {
                 (2, "ok ok".into())
             ]
         );
-        // Both in one batch: the plugin answers only id 0, so the batch fails as a whole.
+        // Both in one batch: the plugin answers only id 0, so the batch fails as a whole, and
+        // each record is then tried alone, which works.
         let t = stage(wat(OK_OUTPUT, ""), 1 << 20, 0);
         assert_eq!(
             summary(&run_stage(&t, items())),
             vec![
-                (0, "a Lambda.MissingRecordId x1".into()),
+                (0, "ok ok".into()),
                 (1, "earlier failure X x1".into()),
-                (2, "b Lambda.MissingRecordId x1".into())
+                (2, "ok ok".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_that_breaks_the_plugin_fails_alone_but_a_deadline_fails_the_batch() {
+        // Traps when a batch's first record starts with 'P', loops when it starts with 'L'.
+        let body = format!(
+            "(if (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.const 28))) (i32.const 80))
+                (then (unreachable)))
+             (if (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.const 28))) (i32.const 76))
+                (then (loop $l (br $l))))
+             {OK_OUTPUT}"
+        );
+        let t = stage(wat(&body, ""), 1 << 20, 1);
+        let items = |first: &'static [u8]| {
+            vec![
+                (0, Outcome::Ok(record(1, first))),
+                (0, Outcome::Ok(record(1, b"x"))),
+                (1, Outcome::Ok(record(2, b"y"))),
+            ]
+        };
+        assert_eq!(
+            summary(&run_stage(&t, items(b"P"))),
+            vec![
+                (0, "P Lambda.FunctionError x2".into()),
+                (0, "ok ok".into()),
+                (1, "ok ok".into())
+            ]
+        );
+        assert_eq!(
+            summary(&run_stage(&t, items(b"L"))),
+            vec![
+                (0, "L Lambda.FunctionError x2".into()),
+                (0, "x Lambda.FunctionError x2".into()),
+                (1, "y Lambda.FunctionError x2".into())
             ]
         );
     }

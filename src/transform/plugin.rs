@@ -95,16 +95,17 @@ pub struct CallError {
     /// Firehose error code for the batch's records.
     pub code: &'static str,
     pub message: String,
-    /// Whether the instance may be used again.
-    pub keep: bool,
+    /// The call ran past its deadline (a failure that depends on the batch's size and the
+    /// machine's load, not only on its records).
+    pub deadline: bool,
 }
 
 impl CallError {
-    fn function(message: String, keep: bool) -> CallError {
+    fn function(message: String) -> CallError {
         CallError {
             code: FUNCTION_ERROR,
             message,
-            keep,
+            deadline: false,
         }
     }
 }
@@ -141,9 +142,10 @@ impl Host {
             return;
         }
         self.lines_left -= 1;
+        // Escaped, so that a plugin cannot forge log lines with control characters.
         let text = String::from_utf8_lossy(line);
         let stream = if fd == 2 { "stderr" } else { "stdout" };
-        tracing::info!(plugin = %self.identity, stream, "{text}");
+        tracing::info!(plugin = %self.identity, stream, "{}", text.escape_debug());
     }
 
     /// Starts a call: partial lines are flushed and the per-call line budget renewed.
@@ -243,7 +245,9 @@ impl Plugin {
             None => self.instantiate()?,
         };
         let outcome = self.call_on(&mut ready, batch, count, buffers);
-        if outcome.as_ref().err().is_none_or(|e| e.keep) {
+        // After any failure the instance is dropped: its state may be what failed (a leak that
+        // reached the memory cap, a corrupted heap), and retries must run on a fresh one.
+        if outcome.is_ok() {
             self.put_back(ready);
         }
         outcome
@@ -281,12 +285,7 @@ impl Plugin {
         );
         store.limiter(|h| &mut h.limits);
         store.epoch_deadline_trap();
-        let fail = |stage: &str, e: wasmtime::Error| {
-            CallError::function(
-                format!("{stage}: {}", describe(&e, self.spec.timeout)),
-                false,
-            )
-        };
+        let fail = |stage: &str, e: wasmtime::Error| trapped(stage, &e, self.spec.timeout);
         store.set_epoch_deadline(self.deadline_ticks);
         let instance = self
             .pre
@@ -294,11 +293,11 @@ impl Plugin {
             .map_err(|e| fail("instantiating", e))?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or_else(|| CallError::function("the module exports no memory".into(), false))?;
+            .ok_or_else(|| CallError::function("the module exports no memory".into()))?;
         let typed = |store: &mut Store<Host>, name: &str| {
-            instance.get_func(&mut *store, name).ok_or_else(|| {
-                CallError::function(format!("the module does not export {name}"), false)
-            })
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| CallError::function(format!("the module does not export {name}")))
         };
         let alloc = typed(&mut store, "spillway_alloc")?
             .typed::<i32, i32>(&store)
@@ -320,9 +319,7 @@ impl Plugin {
             .map_err(|e| fail("spillway_abi_version", e))?;
         if v != ABI_VERSION {
             return Err(CallError::function(
-                format!("the plugin implements ABI version {v}; this Spillway supports version {ABI_VERSION}"),
-                false,
-            ));
+                format!("the plugin implements ABI version {v}; this Spillway supports version {ABI_VERSION}")));
         }
         let mut ready = Ready {
             store,
@@ -343,16 +340,14 @@ impl Plugin {
                     .call(&mut ready.store, (ptr as i32, config.len() as i32))
                     .map_err(|e| fail("spillway_init", e))?;
                 if rc != 0 {
-                    return Err(CallError::function(
-                        format!("spillway_init returned {rc} (the plugin refused its config)"),
-                        false,
-                    ));
+                    return Err(CallError::function(format!(
+                        "spillway_init returned {rc} (the plugin refused its config)"
+                    )));
                 }
             }
             Err(_) if !self.spec.config.is_empty() => {
                 return Err(CallError::function(
                     "a config is set but the plugin exports no spillway_init to take it".into(),
-                    false,
                 ))
             }
             Err(_) => {}
@@ -366,17 +361,13 @@ impl Plugin {
         let ptr = ready
             .alloc
             .call(&mut ready.store, bytes.len() as i32)
-            .map_err(|e| {
-                CallError::function(
-                    format!("spillway_alloc: {}", describe(&e, self.spec.timeout)),
-                    false,
-                )
-            })? as u32;
+            .map_err(|e| trapped("spillway_alloc", &e, self.spec.timeout))?
+            as u32;
         if ptr == 0 {
-            return Err(CallError::function(
-                format!("spillway_alloc returned 0 for {} bytes", bytes.len()),
-                true,
-            ));
+            return Err(CallError::function(format!(
+                "spillway_alloc returned 0 for {} bytes",
+                bytes.len()
+            )));
         }
         let size = ready.memory.data_size(&ready.store) as u64;
         if u64::from(ptr) + bytes.len() as u64 > size {
@@ -384,9 +375,7 @@ impl Plugin {
                 format!(
                     "spillway_alloc returned {ptr:#x} for {} bytes, outside the plugin's {size}-byte memory",
                     bytes.len()
-                ),
-                false,
-            ));
+                )));
         }
         ready.memory.data_mut(&mut ready.store)[ptr as usize..ptr as usize + bytes.len()]
             .copy_from_slice(bytes);
@@ -407,31 +396,20 @@ impl Plugin {
         let r = ready
             .transform
             .call(&mut ready.store, (ptr as i32, batch.len() as i32))
-            .map_err(|e| {
-                CallError::function(
-                    format!(
-                        "{}: {}",
-                        self.spec.function,
-                        describe(&e, self.spec.timeout)
-                    ),
-                    false,
-                )
-            })? as u64;
+            .map_err(|e| trapped(&self.spec.function, &e, self.spec.timeout))?
+            as u64;
         if r == 0 {
-            return Err(CallError::function(
-                format!(
-                    "{} returned 0 (the plugin failed the batch)",
-                    self.spec.function
-                ),
-                true,
-            ));
+            return Err(CallError::function(format!(
+                "{} returned 0 (the plugin failed the batch)",
+                self.spec.function
+            )));
         }
         let (out_ptr, out_len) = (r >> 32, r & 0xffff_ffff);
         let size = ready.memory.data_size(&ready.store) as u64;
         let malformed = |message: String| CallError {
             code: "Lambda.JsonProcessingException",
             message,
-            keep: true,
+            deadline: false,
         };
         if out_len > MAX_OUTPUT_BYTES as u64 {
             return Err(malformed(format!(
@@ -448,7 +426,7 @@ impl Plugin {
         abi::parse_output(&out, count).map_err(|e| CallError {
             code: e.code(),
             message: e.to_string(),
-            keep: true,
+            deadline: false,
         })
     }
 }
@@ -486,6 +464,15 @@ impl OutputBuffers {
     }
 }
 
+/// The failure of a guest call that trapped or was interrupted, in `stage`.
+fn trapped(stage: &str, e: &wasmtime::Error, timeout: Duration) -> CallError {
+    CallError {
+        code: FUNCTION_ERROR,
+        message: format!("{stage}: {}", describe(e, timeout)),
+        deadline: matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)),
+    }
+}
+
 /// A guest failure in words: what trapped, or why the call ended.
 fn describe(e: &wasmtime::Error, timeout: Duration) -> String {
     if let Some(exit) = e.downcast_ref::<Exit>() {
@@ -512,29 +499,58 @@ fn compile(spec: &PluginSpec, cache: Option<&Path>) -> Result<Module, String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
     let path = dir.join(format!("{}-{:016x}.cwasm", spec.digest(), h.finish()));
-    if let Ok(bytes) = std::fs::read(&path) {
-        // SAFETY: the file is one this function wrote into the daemon's own data directory, and
-        // wasmtime checks its header against this engine before using it.
-        match unsafe { Module::deserialize(engine, &bytes) } {
-            Ok(m) => return Ok(m),
-            Err(e) => tracing::warn!(cache = %path.display(), error = %format!("{e:#}"),
-                "the compiled plugin in the cache cannot be used; compiling again"),
+    if let Ok(file) = std::fs::read(&path) {
+        // The entry is the compiled code after its own SHA-256, checked before wasmtime sees it:
+        // a torn or altered file is compiled again, never loaded.
+        let (sum, code) = file.split_at(file.len().min(32));
+        if sum == Sha256::digest(code).as_slice() {
+            // SAFETY: `code` is, byte for byte, what `Module::serialize` produced for this
+            // module (its checksum matches), written by this function into the daemon's own
+            // data directory; wasmtime checks its header against this engine.
+            match unsafe { Module::deserialize(engine, code) } {
+                Ok(m) => return Ok(m),
+                Err(e) => tracing::warn!(cache = %path.display(), error = %format!("{e:#}"),
+                    "the compiled plugin in the cache cannot be used; compiling again"),
+            }
+        } else {
+            tracing::warn!(cache = %path.display(), "the compiled plugin in the cache is damaged; compiling again");
         }
     }
     let module = Module::new(engine, &*spec.bytes).map_err(|e| format!("{e:#}"))?;
     let stored = module
         .serialize()
         .map_err(|e| format!("{e:#}"))
-        .and_then(|bytes| {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
-        });
+        .and_then(|code| store_entry(dir, &path, &code).map_err(|e| e.to_string()));
     if let Err(e) = stored {
         tracing::warn!(cache = %path.display(), error = %e, "could not cache the compiled plugin");
     }
     Ok(module)
+}
+
+/// Writes a cache entry (checksum, then code) under a temporary name unique to this process and
+/// call, syncs it and renames it into place, so that concurrent writers and crashes leave either
+/// a whole entry or none.
+fn store_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&Sha256::digest(code))?;
+        f.write_all(code)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Checks imports and exports against ABI version 1 before anything runs.
@@ -778,7 +794,7 @@ mod tests {
         let took = started.elapsed();
         assert_eq!(e.code, FUNCTION_ERROR);
         assert!(e.message.contains("deadline of 200 ms"), "{}", e.message);
-        assert!(!e.keep);
+        assert!(e.deadline);
         assert!(
             took >= Duration::from_millis(190) && took < Duration::from_secs(5),
             "{took:?}"
@@ -803,7 +819,7 @@ mod tests {
                 "{wanted:?} not in {:?}",
                 e.message
             );
-            assert!(!e.keep);
+            assert!(!e.deadline);
         }
     }
 
@@ -843,10 +859,10 @@ mod tests {
         };
         let p = load(alloc_at("0")).unwrap_or_else(|e| panic!("{e}"));
         let e = call(&p, b"x").unwrap_err();
-        assert!(e.message.contains("returned 0") && e.keep, "{e:?}");
+        assert!(e.message.contains("returned 0") && !e.deadline, "{e:?}");
         let p = load(alloc_at("65530")).unwrap();
         let e = call(&p, b"record").unwrap_err();
-        assert!(e.message.contains("outside") && !e.keep, "{e:?}");
+        assert!(e.message.contains("outside"), "{e:?}");
         for (out, wanted) in [
             ("(i64.const -281474976710640)", "outside"), // 0xFFFF0000 << 32 | 16
             ("(i64.const 281449206906896)", "outside"),  // 65530 << 32 | 16: straddles the end
@@ -856,7 +872,6 @@ mod tests {
             let p = load(wat(out, "")).unwrap();
             let e = call(&p, b"x").unwrap_err();
             assert!(e.message.contains(wanted), "{out}: {e:?}");
-            assert!(e.keep);
         }
     }
 
@@ -878,8 +893,16 @@ mod tests {
         let p = Plugin::load(s.clone(), Some(dir.path())).unwrap();
         assert!(call(&p, b"x").is_ok());
         std::fs::write(&path, b"garbage").unwrap();
+        let p = Plugin::load(s.clone(), Some(dir.path())).unwrap();
+        assert!(call(&p, b"x").is_ok());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        // One flipped byte in the code is caught by the checksum, not loaded.
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        std::fs::write(&path, &flipped).unwrap();
         let p = Plugin::load(s, Some(dir.path())).unwrap();
         assert!(call(&p, b"x").is_ok());
-        assert_eq!(std::fs::read(&path).unwrap().len(), good.len());
+        assert_eq!(std::fs::read(&path).unwrap(), good);
     }
 }

@@ -50,6 +50,15 @@ fn write(caller: &mut Caller<'_, Host>, ptr: i32, bytes: &[u8]) -> bool {
     m.write(caller, ptr as u32 as usize, bytes).is_ok()
 }
 
+/// [`write`] as an errno: `SUCCESS`, or `EFAULT` if `ptr` is outside the memory.
+fn put(caller: &mut Caller<'_, Host>, ptr: i32, bytes: &[u8]) -> i32 {
+    if write(caller, ptr, bytes) {
+        SUCCESS
+    } else {
+        EFAULT
+    }
+}
+
 fn write_u32s(caller: &mut Caller<'_, Host>, pairs: &[(i32, u32)]) -> i32 {
     for (ptr, v) in pairs {
         if !write(caller, *ptr, &v.to_le_bytes()) {
@@ -109,11 +118,7 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             if !(0..4).contains(&id) {
                 return EINVAL;
             }
-            if write(&mut c, out, &1_000u64.to_le_bytes()) {
-                SUCCESS
-            } else {
-                EFAULT
-            }
+            put(&mut c, out, &1_000u64.to_le_bytes())
         },
     )?;
     linker.func_wrap(
@@ -127,11 +132,7 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 1..=3 => origin().elapsed().as_nanos() as u64,
                 _ => return EINVAL,
             };
-            if write(&mut c, out, &ns.to_le_bytes()) {
-                SUCCESS
-            } else {
-                EFAULT
-            }
+            put(&mut c, out, &ns.to_le_bytes())
         },
     )?;
     linker.func_wrap(
@@ -142,11 +143,7 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             if bytes.len() != len as u32 as usize || getrandom::fill(&mut bytes).is_err() {
                 return EINVAL;
             }
-            if write(&mut c, buf, &bytes) {
-                SUCCESS
-            } else {
-                EFAULT
-            }
+            put(&mut c, buf, &bytes)
         },
     )?;
     linker.func_wrap(
@@ -161,8 +158,11 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             };
             // The guest is told everything was written, even what the log bound cut off.
             let total = total_len(&mut c, iovs, iovs_len);
-            c.data_mut().output(fd, &bytes);
-            write_u32s(&mut c, &[(written, total)])
+            let answered = write_u32s(&mut c, &[(written, total)]);
+            if answered == SUCCESS {
+                c.data_mut().output(fd, &bytes);
+            }
+            answered
         },
     )?;
     linker.func_wrap(
@@ -204,11 +204,7 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let mut stat = [0u8; 24];
             stat[0] = CHARACTER_DEVICE;
             stat[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-            if write(&mut c, out, &stat) {
-                SUCCESS
-            } else {
-                EFAULT
-            }
+            put(&mut c, out, &stat)
         },
     )?;
     // No preopened directories: libc asks from fd 3 on and stops at the first EBADF.

@@ -522,23 +522,24 @@ def test_a_prefix_key_no_plugin_returns_fails_the_record(start):
 
 
 def test_buffer_mib_bounds_the_records_of_a_plugin_call(start):
-    """bad_ids ("dup") fails a batch of fewer than 3 records itself (transform returns 0, a
-    FunctionError) and answers a larger one with a duplicated id: with buffer_mib 0.2 (209,715
-    bytes), 100,000-byte records go two to a call and 60,000-byte ones three."""
+    """bad_ids in its "count" mode fails every record with the size of the batch it came in:
+    with buffer_mib 0.2 (209,715 bytes), 100,000-byte records go two to a call and 60,000-byte
+    ones three."""
     big = [bytes([65 + i]) * 100_000 for i in range(6)]
     mid = [bytes([97 + i]) * 60_000 for i in range(6)]
     daemon = start(config_yaml(*(
         stream_yaml(name, prefix=f"{name}/", error_prefix=f"{name}-errors/!{{firehose:error-output-type}}/",
-                    processing=[wasm("bad_ids", config="dup", buffer_mib=0.2, number_of_retries=0)])
+                    processing=[wasm("bad_ids", config="count", buffer_mib=0.2, number_of_retries=0)])
         for name in ("big", "mid"))))
     put(daemon, "big", big)
     put(daemon, "mid", mid)
     daemon.stop()
     big_rows = failure_rows(plugin_docs(daemon, "big-errors/"))
     mid_rows = failure_rows(plugin_docs(daemon, "mid-errors/"))
-    assert [(r, c, a) for r, c, _, a, _ in big_rows] == [(r, "Lambda.FunctionError", 1) for r in big]
-    assert [(r, c, a) for r, c, _, a, _ in mid_rows] == [(r, "Lambda.DuplicatedRecordId", 1)
-                                                         for r in mid]
+    assert [(r, c, m, a) for r, c, m, a, _ in big_rows] == [
+        (r, "Lambda.ProcessingFailedStatus", "batch of 2 records", 1) for r in big]
+    assert [(r, c, m, a) for r, c, m, a, _ in mid_rows] == [
+        (r, "Lambda.ProcessingFailedStatus", "batch of 3 records", 1) for r in mid]
     assert objects_under(daemon, "big/") == [] and objects_under(daemon, "mid/") == []
 
 
