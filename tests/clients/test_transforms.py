@@ -543,6 +543,28 @@ def test_buffer_mib_bounds_the_records_of_a_plugin_call(start):
     assert objects_under(daemon, "big/") == [] and objects_under(daemon, "mid/") == []
 
 
+def test_a_record_that_crashes_the_plugin_fails_alone(start):
+    """trap "poison" echoes records but traps on any batch holding one that starts with POISON:
+    after the batch's retries the host tries each record alone, so only the poison records go to
+    processing-failed (with the single call's attempts) and their neighbours are delivered."""
+    r = random.Random(seed())
+    records = [json.dumps({"i": i, "v": r.random()}).encode() for i in range(300)]
+    poison = sorted(r.sample(range(300), 3))
+    for i in poison:
+        records[i] = b"POISON " + records[i]
+    daemon = start(config_yaml(stream_yaml(
+        "p", prefix="p/", error_prefix="p-errors/!{firehose:error-output-type}/",
+        processing=[wasm("trap", config="poison", number_of_retries=1), "append_delimiter: true"])))
+    put(daemon, "p", records)
+    daemon.stop()
+    assert object_bytes(daemon, "p/") == delimited(
+        rec for i, rec in enumerate(records) if i not in poison)
+    rows = failure_rows(plugin_docs(daemon, "p-errors/"))
+    assert [(raw_, code, attempts) for raw_, code, _, attempts, _ in rows] == sorted(
+        (records[i], "Lambda.FunctionError", 2) for i in poison)
+    assert all("unreachable" in message for _, _, message, _, _ in rows), rows
+
+
 def test_plugin_output_is_delivered_once_after_a_crash(start):
     """SIGKILL before anything was delivered: the restarted daemon replays the log through the
     plugins and delivers every transformed record once."""
