@@ -360,9 +360,6 @@ impl<'a> Run<'a> {
                 self.replay_closes(record.sequence.0)?;
                 let mut outcomes = std::mem::take(&mut self.scratch);
                 match &mut transformed {
-                    None if self.settings.processors.is_empty() => {
-                        outcomes.push(Outcome::Ok(Record::whole(record)))
-                    }
                     None => self.settings.processors.run(record, &mut outcomes),
                     Some(t) => {
                         while let Some((_, o)) = t.next_if(|(j, _)| *j == i) {
@@ -418,11 +415,7 @@ impl<'a> Run<'a> {
     fn transform(&mut self, batch: &[LogRecord], items: &mut Vec<(usize, Outcome)>) {
         let mut outcomes = std::mem::take(&mut self.scratch);
         for (i, record) in batch.iter().enumerate() {
-            if self.settings.processors.is_empty() {
-                outcomes.push(Outcome::Ok(Record::whole(record)));
-            } else {
-                self.settings.processors.run(record, &mut outcomes);
-            }
+            self.settings.processors.run(record, &mut outcomes);
             items.extend(outcomes.drain(..).map(|o| (i, o)));
         }
         self.scratch = outcomes;
