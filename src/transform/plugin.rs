@@ -28,8 +28,6 @@ use super::TransformError;
 pub const TICK: Duration = Duration::from_millis(10);
 /// wasm's own call stack (not the guest's shadow stack in linear memory).
 const MAX_WASM_STACK: usize = 512 << 10;
-/// Idle instances a plugin keeps; more are dropped when returned.
-const MAX_IDLE: usize = 8;
 
 /// The process's engine, and the thread that advances its epoch.
 pub fn engine() -> &'static Engine {
@@ -257,11 +255,13 @@ impl Plugin {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
+    /// Returns an instance to the pool. The pool never holds more instances than were in use at
+    /// once (one per pipeline thread calling the plugin, i.e. per shard), so it needs no cap.
     fn put_back(&self, ready: Ready) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(ready);
-        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ready);
     }
 
     /// A new instance: instantiated, `_initialize`d, version-checked and `spillway_init`ed.
