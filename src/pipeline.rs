@@ -351,11 +351,11 @@ impl<'a> Run<'a> {
             }
             // With plugins, the whole read goes through them before its records are placed.
             let mut items = std::mem::take(&mut self.transformed);
-            if !self.settings.transforms.is_empty() {
+            let plugins = !self.settings.transforms.is_empty();
+            if plugins {
                 self.transform(&batch, &mut items);
             }
-            let mut transformed =
-                (!self.settings.transforms.is_empty()).then(|| items.drain(..).peekable());
+            let mut transformed = plugins.then(|| items.drain(..).peekable());
             for (i, record) in batch.iter().enumerate() {
                 self.replay_closes(record.sequence.0)?;
                 let mut outcomes = std::mem::take(&mut self.scratch);
@@ -397,17 +397,24 @@ impl<'a> Run<'a> {
         if self.entries.len() <= limit {
             return None;
         }
+        self.filling()
+            .map(|(partition, buffer)| (buffer.first.0, partition))
+            .min()
+            .map(|(_, partition)| partition.clone())
+    }
+
+    /// The objects being filled that close by their size or interval (not ghosts, not rebuilds
+    /// of recorded objects), with their partitions.
+    fn filling(&self) -> impl Iterator<Item = (&String, &ObjectBuffer)> {
         self.slots
             .iter()
             .filter_map(|(partition, slot)| match slot {
                 Slot::Open {
                     buffer,
                     replaying: false,
-                } => Some((buffer.first.0, partition)),
+                } => Some((partition, &**buffer)),
                 _ => None,
             })
-            .min()
-            .map(|(_, partition)| partition.clone())
     }
 
     /// The processors' and plugins' outcomes for a read, each tagged with the index of its log
@@ -646,17 +653,9 @@ impl<'a> Run<'a> {
 
     /// Partitions due by their interval (all open ones when draining).
     fn due(&self, draining: bool) -> Vec<String> {
-        self.slots
-            .iter()
-            .filter_map(|(partition, slot)| match slot {
-                Slot::Open {
-                    buffer,
-                    replaying: false,
-                } if draining || buffer.time_left(&self.settings.hints).is_zero() => {
-                    Some(partition.clone())
-                }
-                _ => None,
-            })
+        self.filling()
+            .filter(|(_, buffer)| draining || buffer.time_left(&self.settings.hints).is_zero())
+            .map(|(partition, _)| partition.clone())
             .collect()
     }
 

@@ -824,6 +824,34 @@ mod tests {
     }
 
     #[test]
+    fn stdout_writes_are_answered_and_bounds_checked() {
+        // fd_write(1, iovec at 100 = {ptr 200, len 3}, 1, nwritten at 120) must return 0 and
+        // store 3; with the iovec array outside memory it must return EFAULT (21). Answers Ok
+        // only if both hold.
+        let extra = r#"(import "wasi_snapshot_preview1" "fd_write"
+                (func $write (param i32 i32 i32 i32) (result i32)))
+            (data (i32.const 100) "\c8\00\00\00\03\00\00\00")
+            (data (i32.const 200) "hi\n")"#;
+        let body = format!(
+            "(if (result i64)
+               (i32.and
+                 (i32.and (i32.eqz (call $write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
+                          (i32.eq (i32.load (i32.const 120)) (i32.const 3)))
+                 (i32.eq (call $write (i32.const 1) (i32.const 65532) (i32.const 1) (i32.const 120))
+                         (i32.const 21)))
+               (then {OK_OUTPUT}) (else (i64.const 0)))"
+        );
+        // Imports must precede the other fields: put fd_write right after the template's import.
+        let module = wat(&body, "").replacen(
+            "(memory (export \"memory\") 1)",
+            &format!("{extra}\n  (memory (export \"memory\") 1)"),
+            1,
+        );
+        let p = load(module).unwrap();
+        assert!(call(&p, b"x").is_ok());
+    }
+
+    #[test]
     fn memory_cannot_grow_past_the_cap() {
         // Grows a page at a time until refused, then writes just past what it got.
         let body = "(block $done (loop $l

@@ -68,8 +68,10 @@ fn write_u32s(caller: &mut Caller<'_, Host>, pairs: &[(i32, u32)]) -> i32 {
     SUCCESS
 }
 
-/// The bytes of the iovec array at `iovs` (`iovs_len` entries of {ptr u32, len u32}), gathered.
-fn gather(caller: &mut Caller<'_, Host>, iovs: i32, iovs_len: i32) -> Option<Vec<u8>> {
+/// The bytes of the iovec array at `iovs` (`iovs_len` entries of {ptr u32, len u32}), gathered
+/// up to 64 KiB, and the total length the guest asked to write; `None` if any of it lies outside
+/// the memory.
+fn gather(caller: &mut Caller<'_, Host>, iovs: i32, iovs_len: i32) -> Option<(Vec<u8>, u32)> {
     let m = memory(caller)?;
     let data = m.data(&*caller);
     let at = |p: u64, n: u64| -> Option<&[u8]> {
@@ -78,15 +80,17 @@ fn gather(caller: &mut Caller<'_, Host>, iovs: i32, iovs_len: i32) -> Option<Vec
     };
     let table = at(iovs as u32 as u64, u64::from(iovs_len as u32) * 8)?;
     let mut out = Vec::new();
+    let mut total = 0u32;
     for iov in table.chunks_exact(8) {
         let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
         let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
         let piece = at(u64::from(ptr), u64::from(len))?;
+        total = total.saturating_add(len);
         // A plugin writing megabytes to stdout gets its first lines logged, not a copy of it all.
         let room = (64usize << 10).saturating_sub(out.len());
         out.extend_from_slice(&piece[..piece.len().min(room)]);
     }
-    Some(out)
+    Some((out, total))
 }
 
 /// Defines the supported functions in `linker`.
@@ -153,11 +157,10 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             if fd != 1 && fd != 2 {
                 return EBADF;
             }
-            let Some(bytes) = gather(&mut c, iovs, iovs_len) else {
+            let Some((bytes, total)) = gather(&mut c, iovs, iovs_len) else {
                 return EFAULT;
             };
             // The guest is told everything was written, even what the log bound cut off.
-            let total = total_len(&mut c, iovs, iovs_len);
             let answered = write_u32s(&mut c, &[(written, total)]);
             if answered == SUCCESS {
                 c.data_mut().output(fd, &bytes);
@@ -227,21 +230,6 @@ pub fn define(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
-}
-
-fn total_len(caller: &mut Caller<'_, Host>, iovs: i32, iovs_len: i32) -> u32 {
-    let Some(m) = memory(caller) else {
-        return 0;
-    };
-    let data = m.data(&*caller);
-    let start = iovs as u32 as usize;
-    let end = start.saturating_add((iovs_len as u32 as usize).saturating_mul(8));
-    data.get(start..end).map_or(0, |table| {
-        table
-            .chunks_exact(8)
-            .map(|iov| u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]))
-            .fold(0u32, u32::saturating_add)
-    })
 }
 
 /// `proc_exit(code)`: the plugin ended its own call.
