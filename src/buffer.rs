@@ -6,6 +6,11 @@
 //! object is committed. The size hint counts record bytes before conversion and compression (data plus
 //! delimiters), as Firehose does.
 //!
+//! For a request-based destination (HTTP endpoint, OpenSearch) the buffer is a batch: the
+//! destination encodes each record into its request as it comes, and the buffer keeps the records
+//! (shared slices of the log's read buffers) to write the error documents of those it does not
+//! deliver. Its one object is that error object, named like any error object of the run.
+//!
 //! With conversion, one run of records can make two objects: the converted file and an error object
 //! of the records that did not fit the schema (`format-conversion-failed`). Both are functions of
 //! the records alone, so a replay of the run rebuilds both under the same keys.
@@ -16,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use crate::compression::LazyEncoder;
 use crate::config::BufferingHints;
-use crate::error_output::{ErrorWriter, Failure};
+use crate::error_output::{ErrorDetail, ErrorOutput, ErrorWriter, Failure};
 use crate::format::{
     ColumnarWriter, ConversionError, FormatError, PushError, FORMAT_CONVERSION_FAILED,
 };
 use crate::log::{SequenceNumber, ShardId};
 use crate::pipeline::DeliverySettings;
 use crate::process::Record;
-use crate::sink::{ObjectStore, ObjectWriter, SinkError};
+use crate::sink::{ObjectStore, ObjectWriter, RecordBatch, SinkError};
 
 /// An object being filled with records `first..=last` (of one partition).
 pub struct ObjectBuffer {
@@ -41,6 +46,9 @@ pub struct ObjectBuffer {
     shard: ShardId,
     /// The partition's identity ("" without dynamic partitioning), part of error object ids.
     partition: String,
+    /// Whether this rebuilds an object a checkpoint recorded (whose earlier attempt may have left
+    /// objects that this one would not write).
+    pub replay: bool,
 }
 
 enum Body {
@@ -48,6 +56,8 @@ enum Body {
     /// partition diverted to the error output, this one.
     Errors(Box<ErrorWriter>, Option<Failure>),
     Raw(Box<LazyEncoder<Box<dyn ObjectWriter>>>),
+    /// A request of a record destination.
+    Batch(Box<Batch>),
     Columnar {
         writer: Box<ColumnarWriter<ErrorTap>>,
         /// The store's error behind a failed write, which the format writers wrap in their own.
@@ -63,6 +73,15 @@ pub enum Contents {
     /// Error documents: of an error partition (each record comes with its failure), or, with a
     /// failure, of a data partition whose object the store refused for good.
     Errors(Option<Failure>),
+}
+
+/// A batch of a request-based destination and what its error documents need.
+struct Batch {
+    request: Box<dyn RecordBatch>,
+    /// The records the request took, in order.
+    records: Vec<Record>,
+    /// The records it refused, with why.
+    refused: Vec<(Record, Failure, ErrorDetail)>,
 }
 
 /// The error object of records that failed conversion.
@@ -85,6 +104,20 @@ impl ObjectBuffer {
         let body = match (contents, &settings.conversion) {
             (Contents::Errors(failure), _) => {
                 Body::Errors(Box::new(settings.errors.create(&*store, &key)?), failure)
+            }
+            (Contents::Records, _) if settings.destination.is_some() => {
+                let destination = settings.destination.as_ref().expect("checked");
+                let id = crate::prefix::object_id(
+                    &settings.instance,
+                    &settings.name,
+                    shard.0,
+                    first.sequence.0,
+                );
+                Body::Batch(Box::new(Batch {
+                    request: destination.batch(shard, &id),
+                    records: Vec::new(),
+                    refused: Vec::new(),
+                }))
             }
             (Contents::Records, Some(conversion)) => {
                 let store_error = Arc::new(Mutex::new(None));
@@ -147,6 +180,7 @@ impl ObjectBuffer {
             store,
             shard,
             partition: partition.to_string(),
+            replay: false,
         }
     }
 
@@ -175,6 +209,13 @@ impl ObjectBuffer {
                     encoder.write_all(delimiter).map_err(io)?;
                 }
             }
+            Body::Batch(batch) => match batch.request.push(record) {
+                Ok(()) => batch.records.push(record.clone()),
+                Err(refused) => {
+                    let (failure, detail) = *refused;
+                    batch.refused.push((record.clone(), failure, detail));
+                }
+            },
             Body::Columnar {
                 writer,
                 store_error,
@@ -229,6 +270,7 @@ impl ObjectBuffer {
     /// Whether the size hint is reached.
     pub fn is_full(&self, hints: &BufferingHints) -> bool {
         self.raw_bytes >= hints.size_bytes()
+            || matches!(&self.body, Body::Batch(b) if b.request.is_full())
     }
 
     /// How long until the interval hint is reached (zero when it is).
@@ -241,13 +283,22 @@ impl ObjectBuffer {
         let key = self.key;
         let mut objects = Vec::with_capacity(2);
         match self.body {
-            Body::Errors(writer, _) => objects.push((key, writer.into_inner())),
+            Body::Errors(writer, _) => objects.push((key, Pending::Object(writer.into_inner()))),
             Body::Raw(encoder) => {
                 let writer = (*encoder)
                     .finish()
                     .map_err(|source| SinkError::from_io("finish compression of", &key, source))?;
-                objects.push((key, writer));
+                objects.push((key, Pending::Object(writer)));
             }
+            Body::Batch(batch) => objects.push((
+                key,
+                Pending::Batch {
+                    batch,
+                    errors: self.settings.errors.clone(),
+                    store: Arc::clone(&self.store),
+                    replay: self.replay,
+                },
+            )),
             // Every record failed conversion: there is no data object, only the error object.
             Body::Columnar { rows: 0, .. } => {}
             Body::Columnar {
@@ -258,11 +309,11 @@ impl ObjectBuffer {
                 let tap = writer
                     .finish()
                     .map_err(|e| format_error(&key, &store_error, e))?;
-                objects.push((key, tap.inner));
+                objects.push((key, Pending::Object(tap.inner)));
             }
         }
         if let Some(r) = self.rejected {
-            objects.push((r.key, r.writer.into_inner()));
+            objects.push((r.key, Pending::Object(r.writer.into_inner())));
         }
         Ok(FinishedObject {
             first: self.first,
@@ -280,7 +331,19 @@ pub struct FinishedObject {
     pub last: SequenceNumber,
     pub records: u64,
     pub raw_bytes: u64,
-    objects: Vec<(String, Box<dyn ObjectWriter>)>,
+    objects: Vec<(String, Pending)>,
+}
+
+/// What committing makes visible: an object written, or a batch to send whose undelivered
+/// records become the error object under its key.
+enum Pending {
+    Object(Box<dyn ObjectWriter>),
+    Batch {
+        batch: Box<Batch>,
+        errors: ErrorOutput,
+        store: Arc<dyn ObjectStore>,
+        replay: bool,
+    },
 }
 
 impl FinishedObject {
@@ -291,11 +354,62 @@ impl FinishedObject {
 
     /// Makes every object durable and visible, in order.
     pub fn commit(self) -> Result<(), SinkError> {
-        for (_, writer) in self.objects {
-            writer.commit()?;
+        for (key, pending) in self.objects {
+            match pending {
+                Pending::Object(writer) => writer.commit()?,
+                Pending::Batch {
+                    batch,
+                    errors,
+                    store,
+                    replay,
+                } => deliver(*batch, &key, &errors, &*store, replay)?,
+            }
         }
         Ok(())
     }
+}
+
+/// Sends a batch; the records it did not deliver (and those it refused) become the error object
+/// `key`. Without any, a stale error object of an interrupted earlier attempt is removed.
+fn deliver(
+    batch: Batch,
+    key: &str,
+    errors: &ErrorOutput,
+    store: &dyn ObjectStore,
+    replay: bool,
+) -> Result<(), SinkError> {
+    let Batch {
+        request,
+        records,
+        refused,
+    } = batch;
+    let undelivered = request.deliver();
+    if undelivered.is_empty() && refused.is_empty() {
+        if replay {
+            store.delete(key)?;
+        }
+        return Ok(());
+    }
+    let mut failed: Vec<(&Record, &Failure, &ErrorDetail)> = refused
+        .iter()
+        .map(|(r, f, d)| (r, f, d))
+        .chain(
+            undelivered
+                .iter()
+                .filter_map(|u| Some((records.get(u.index)?, &u.failure, &u.detail))),
+        )
+        .collect();
+    failed.sort_by_key(|(r, _, _)| (r.sequence, r.sub));
+    tracing::warn!(
+        key,
+        records = failed.len(),
+        "records not delivered go to the error output"
+    );
+    let mut writer = errors.create(store, key)?;
+    for (record, failure, detail) in failed {
+        writer.push_detailed(record, failure, detail)?;
+    }
+    writer.commit()
 }
 
 /// Passes writes to the object, keeping the store's error when one fails (the format writers report

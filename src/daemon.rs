@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, DeliveryStreamConfig, Destination, LakeUrl, Source};
+use crate::config::{
+    BufferingHints, Config, ContentEncoding, DeliveryStreamConfig, Destination, DocumentBackupMode,
+    DocumentIdFormat, HttpBackupMode, LakeUrl, OpenSearchAuth, S3Destination, Source,
+};
 use crate::ingest::{self, Endpoint, IngestStream, StreamInfo, Streams};
 use crate::log::{now_ms, CheckpointStore, StreamLog};
 use crate::partition::Partitioner;
 use crate::pipeline::{DeliverySettings, Pipeline};
 use crate::process::Processors;
-use crate::sink::{LocalStore, ObjectStore, S3Store};
+use crate::sink::{HttpEndpoint, LocalStore, ObjectStore, OpenSearch, S3Store};
 use crate::transform::Transforms;
 
 /// How often sealed segments are checked against retention.
@@ -49,27 +52,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .with_context(|| format!("opening the log of delivery stream {}", ds.name))?,
         );
-        let (settings, store, destination) = destination(ds, &instance, &config.data_dir).await?;
+        let delivery = destination(ds, &instance, &config.data_dir).await?;
+        let store = &delivery.store;
         for shard in log.shards() {
-            // Pin until the pipeline knows its checkpoint, so retention cannot delete records a
-            // pipeline that cannot start yet has not delivered.
-            shard.pin(ds.name.as_str(), shard.trim_horizon());
-            pipelines.push(Pipeline::new(
-                Arc::clone(&settings),
-                Arc::clone(shard),
-                Arc::clone(&store),
-                checkpoints.clone(),
-                Arc::clone(&drain),
-            ));
+            for settings in std::iter::once(&delivery.settings).chain(&delivery.backup) {
+                // Pin until the pipeline knows its checkpoint, so retention cannot delete records
+                // a pipeline that cannot start yet has not delivered.
+                shard.pin(&settings.consumer, shard.trim_horizon());
+                pipelines.push(Pipeline::new(
+                    Arc::clone(settings),
+                    Arc::clone(shard),
+                    Arc::clone(store),
+                    checkpoints.clone(),
+                    Arc::clone(&drain),
+                ));
+            }
         }
-        tracing::info!(stream = %ds.name, shards = log.shards().len(), store = %store.describe(), "delivery stream ready");
+        let to = match &delivery.settings.destination {
+            Some(d) => d.describe(),
+            None => store.describe(),
+        };
+        tracing::info!(stream = %ds.name, shards = log.shards().len(), destination = %to,
+            errors = %store.describe(), backup = delivery.backup.is_some(), "delivery stream ready");
         streams.insert(
             ds.name.to_string(),
             IngestStream {
                 log: Arc::clone(&log),
                 info: StreamInfo {
                     created_ms: now_ms(),
-                    destination,
+                    destination: delivery.description,
                 },
             },
         );
@@ -79,7 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .into_iter()
         .map(|p| {
             std::thread::Builder::new()
-                .name(format!("deliver-{}-{}", p.stream(), p.shard().0))
+                .name(format!("deliver-{}-{}", p.consumer(), p.shard().0))
                 .spawn(move || p.run())
         })
         .collect::<Result<Vec<JoinHandle<()>>, _>>()
@@ -139,17 +150,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds a stream's delivery settings and object store; also returns its DescribeDeliveryStream view.
+/// A stream's delivery: its pipelines' settings (the stream's own, and the `AllData` backup's if
+/// any), the object store, and its DescribeDeliveryStream `Destinations` entry.
+struct Delivery {
+    settings: Arc<DeliverySettings>,
+    backup: Option<Arc<DeliverySettings>>,
+    store: Arc<dyn ObjectStore>,
+    description: serde_json::Value,
+}
+
+/// Builds a stream's delivery: opens its store and, for a request-based destination, its client.
 async fn destination(
     ds: &DeliveryStreamConfig,
     instance: &str,
     data_dir: &std::path::Path,
-) -> anyhow::Result<(
-    Arc<DeliverySettings>,
-    Arc<dyn ObjectStore>,
-    serde_json::Value,
-)> {
-    let Destination::S3(s3) = &ds.destination;
+) -> anyhow::Result<Delivery> {
+    let s3 = ds.destination.s3();
     let (store, bucket_arn): (Arc<dyn ObjectStore>, String) = match &s3.url {
         LakeUrl::LocalDirectory(dir) => (
             Arc::new(
@@ -167,7 +183,53 @@ async fn destination(
             (Arc::new(store), format!("arn:aws:s3:::{bucket}"))
         }
     };
-    let settings = Arc::new(delivery_settings(ds, instance, data_dir)?);
+    let mut settings = delivery_settings(ds, instance, data_dir)?;
+    let runtime = tokio::runtime::Handle::current();
+    let name = ds.name.as_str();
+    settings.destination = match &ds.destination {
+        Destination::S3(_) => None,
+        Destination::HttpEndpoint(h) => Some(Arc::new(
+            HttpEndpoint::new(h, name, runtime).context("setting up the HTTP endpoint")?,
+        )),
+        Destination::OpenSearch(o) => {
+            let credentials = match &o.auth {
+                Some(OpenSearchAuth::Sigv4 { region, .. }) => {
+                    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                        .region(aws_config::Region::new(region.clone()))
+                        .load()
+                        .await;
+                    Some(config.credentials_provider().context(
+                        "SigV4 signing for OpenSearch needs AWS credentials (environment, profile or instance role)",
+                    )?)
+                }
+                _ => None,
+            };
+            Some(Arc::new(
+                OpenSearch::new(o, name, instance, runtime, credentials)
+                    .context("setting up the OpenSearch destination")?,
+            ))
+        }
+    };
+    let backup = if ds.destination.backs_up_all() {
+        Some(Arc::new(backup_settings(ds, instance, data_dir)?))
+    } else {
+        None
+    };
+    let description = describe(ds, &bucket_arn);
+    Ok(Delivery {
+        settings: Arc::new(settings),
+        backup,
+        store,
+        description,
+    })
+}
+
+/// The `ExtendedS3DestinationDescription` of an S3 section (a destination, or a backup).
+fn describe_s3(
+    ds: &DeliveryStreamConfig,
+    s3: &S3Destination,
+    bucket_arn: &str,
+) -> serde_json::Value {
     let compression = s3.compression.firehose_name();
     let mut description = serde_json::json!({
         "RoleARN": "arn:aws:iam::000000000000:role/spillway",
@@ -192,11 +254,9 @@ async fn destination(
             "Enabled": true,
             "RetryOptions": {"DurationInSeconds": s3.retry.duration_s},
         });
-        description["ErrorOutputPrefix"] = s3
-            .error_output_prefix
-            .as_ref()
-            .map(|p| p.as_configured().to_string())
-            .into();
+    }
+    if let Some(prefix) = &s3.error_output_prefix {
+        description["ErrorOutputPrefix"] = prefix.as_configured().into();
     }
     if !ds.processing.is_empty() {
         description["ProcessingConfiguration"] = serde_json::json!({
@@ -204,20 +264,125 @@ async fn destination(
             "Processors": ds.processing.iter().map(|p| p.describe()).collect::<Vec<_>>(),
         });
     }
-    Ok((settings, store, description))
+    description
+}
+
+/// The stream's entry of DescribeDeliveryStream's `Destinations`, without its id.
+fn describe(ds: &DeliveryStreamConfig, bucket_arn: &str) -> serde_json::Value {
+    let s3 = describe_s3(ds, ds.destination.s3(), bucket_arn);
+    let processing = s3.get("ProcessingConfiguration").cloned();
+    let hints = |h: BufferingHints| serde_json::json!({"SizeInMBs": h.size_mib, "IntervalInSeconds": h.interval_s});
+    let mut description = match &ds.destination {
+        Destination::S3(_) => return serde_json::json!({ "ExtendedS3DestinationDescription": s3 }),
+        Destination::HttpEndpoint(h) => {
+            let mut endpoint = serde_json::json!({ "Url": h.url });
+            if let Some(n) = &h.name {
+                endpoint["Name"] = n.as_str().into();
+            }
+            let attributes: Vec<_> = h
+                .common_attributes
+                .iter()
+                .map(|(k, v)| serde_json::json!({"AttributeName": k, "AttributeValue": v}))
+                .collect();
+            serde_json::json!({ "HttpEndpointDestinationDescription": {
+                "EndpointConfiguration": endpoint,
+                "BufferingHints": hints(ds.destination.hints()),
+                "RequestConfiguration": {
+                    "ContentEncoding": match h.content_encoding {
+                        ContentEncoding::None => "NONE",
+                        ContentEncoding::Gzip => "GZIP",
+                    },
+                    "CommonAttributes": attributes,
+                },
+                "RetryOptions": {"DurationInSeconds": h.retry.duration_s},
+                "S3BackupMode": match h.s3_backup_mode {
+                    HttpBackupMode::FailedDataOnly => "FailedDataOnly",
+                    HttpBackupMode::AllData => "AllData",
+                },
+                "RoleARN": "arn:aws:iam::000000000000:role/spillway",
+                "S3DestinationDescription": s3,
+            }})
+        }
+        Destination::OpenSearch(o) => {
+            serde_json::json!({ "AmazonopensearchserviceDestinationDescription": {
+                "ClusterEndpoint": o.endpoint,
+                "IndexName": o.index,
+                "TypeName": o.type_name.clone().unwrap_or_default(),
+                "IndexRotationPeriod": o.index_rotation.firehose_name(),
+                "BufferingHints": hints(ds.destination.hints()),
+                "RetryOptions": {"DurationInSeconds": o.retry.duration_s},
+                "S3BackupMode": match o.s3_backup_mode {
+                    DocumentBackupMode::FailedDocumentsOnly => "FailedDocumentsOnly",
+                    DocumentBackupMode::AllDocuments => "AllDocuments",
+                },
+                "DocumentIdOptions": {"DefaultDocumentIdFormat": match o.document_id {
+                    DocumentIdFormat::FirehoseDefault => "FIREHOSE_DEFAULT",
+                    DocumentIdFormat::NoDocumentId => "NO_DOCUMENT_ID",
+                }},
+                "RoleARN": "arn:aws:iam::000000000000:role/spillway",
+                "S3DestinationDescription": s3,
+            }})
+        }
+    };
+    if let (Some(p), Some(d)) = (
+        processing,
+        description
+            .as_object_mut()
+            .and_then(|m| m.values_mut().next()),
+    ) {
+        d["ProcessingConfiguration"] = p;
+    }
+    description
 }
 
 /// What a stream's pipelines do with its records, from its configuration: processors, plugins
-/// (compiled modules cached under `data_dir/plugins`), partitioning, buffering, naming.
+/// (compiled modules cached under `data_dir/plugins`), partitioning, buffering, naming. A
+/// request-based destination's client is added by the daemon.
 pub fn delivery_settings(
     ds: &DeliveryStreamConfig,
     instance: &str,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<DeliverySettings> {
-    let Destination::S3(s3) = &ds.destination;
+    let s3 = ds.destination.s3();
+    let mut settings = s3_settings(ds, s3, instance, data_dir)?;
+    settings.hints = ds.destination.hints();
+    Ok(settings)
+}
+
+/// The settings of the pipeline that copies every record (as the destination gets it) into the
+/// S3 section of an `AllData` / `AllDocuments` destination: a consumer of its own, so that the
+/// copy is exactly-once and buffered by the section's own hints whatever the destination does.
+fn backup_settings(
+    ds: &DeliveryStreamConfig,
+    instance: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<DeliverySettings> {
+    let s3 = ds.destination.s3();
+    let mut settings = s3_settings(ds, s3, instance, data_dir)?;
+    settings.consumer = format!("{}+backup", ds.name);
+    settings.skip_failures = true;
+    settings.routing = crate::fs::md5_hex(
+        format!(
+            "{:?}\0{}\0{}",
+            ds.processing,
+            s3.prefix.as_configured(),
+            s3.hints().size_mib
+        )
+        .as_bytes(),
+    );
+    Ok(settings)
+}
+
+fn s3_settings(
+    ds: &DeliveryStreamConfig,
+    s3: &S3Destination,
+    instance: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<DeliverySettings> {
     Ok(DeliverySettings {
         instance: instance.to_string(),
         name: ds.name.to_string(),
+        consumer: ds.name.to_string(),
         version: 1,
         delimiter: if ds.appends_delimiter() {
             b"\n".to_vec()
@@ -260,6 +425,8 @@ pub fn delivery_settings(
             .partitioning()
             .map_or(usize::MAX, |d| d.max_active_partitions as usize),
         routing: ds.routing_fingerprint(),
+        destination: None,
+        skip_failures: false,
     })
 }
 

@@ -22,6 +22,10 @@ use crate::time::UtcDateTime;
 /// Error output type of records an S3-compatible store permanently rejected (Spillway's own type,
 /// named like Firehose's `http-endpoint-failed`; Firehose retries S3 instead).
 pub const S3_FAILED: &str = "s3-failed";
+/// Error output type of records an HTTP endpoint did not accept within the retry duration.
+pub const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
+/// Error output type of documents OpenSearch did not index (Firehose's name).
+pub const OPENSEARCH_FAILED: &str = "AmazonOpenSearchService-failed";
 /// Error output type of records beyond `max_active_partitions` (Firehose's name).
 pub const ACTIVE_PARTITION_EXCEEDED: &str = "activePartitionExceeded";
 
@@ -50,6 +54,47 @@ struct ErrorDocument<'a> {
     raw_data: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     lambda_arn: Option<&'a str>,
+}
+
+/// What a request-based destination's error documents say beyond the common fields.
+#[derive(Debug, Clone)]
+pub enum ErrorDetail {
+    /// `http-endpoint-failed`: the record's sub-sequence number and `dataId` (its PutRecord
+    /// RecordId and sub-sequence number).
+    HttpEndpoint { data_id: String },
+    /// `AmazonOpenSearchService-failed`: where the document was to be indexed.
+    OpenSearch {
+        document_id: Option<String>,
+        index: String,
+        type_name: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpEndpointErrorDocument<'a> {
+    attempts_made: u32,
+    arrival_timestamp: i64,
+    error_code: &'a str,
+    error_message: &'a str,
+    attempt_ending_timestamp: i64,
+    raw_data: String,
+    subsequence_number: u32,
+    data_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OpenSearchErrorDocument<'a> {
+    attempts_made: u32,
+    arrival_timestamp: i64,
+    error_code: &'a str,
+    error_message: &'a str,
+    attempt_ending_timestamp: i64,
+    es_document_id: Option<&'a str>,
+    es_index_name: &'a str,
+    es_type_name: &'a str,
+    raw_data: String,
 }
 
 #[derive(Serialize)]
@@ -101,18 +146,29 @@ impl ErrorOutput {
         partition: &str,
         first: &Record,
     ) -> String {
+        self.key_of_type(failure.output_type, shard, partition, first)
+    }
+
+    /// [`Self::key`] for records of error output type `output_type`.
+    pub fn key_of_type(
+        &self,
+        output_type: &str,
+        shard: ShardId,
+        partition: &str,
+        first: &Record,
+    ) -> String {
         let at = self.time_zone.as_ref().map_or_else(
             || UtcDateTime::from_epoch_ms(first.arrival_ms),
             |z| z.calendar(first.arrival_ms),
         );
         let seed = if partition.is_empty() {
-            format!("{}\0{}", self.stream, failure.output_type)
+            format!("{}\0{output_type}", self.stream)
         } else {
-            format!("{}\0{}\0{partition}", self.stream, failure.output_type)
+            format!("{}\0{output_type}\0{partition}", self.stream)
         };
         let id = prefix::object_id(&self.instance, &seed, shard.0, first.sequence.0);
         prefix::object_key(
-            &self.prefix.render_error(&at, &id, failure.output_type),
+            &self.prefix.render_error(&at, &id, output_type),
             &self.stream,
             self.version,
             &at,
@@ -171,6 +227,56 @@ impl ErrorWriter {
                     lambda_arn: failure.plugin.as_deref(),
                 },
             )
+        };
+        written.expect("an error document serializes");
+        self.line.push(b'\n');
+        self.out
+            .write_all(&self.line)
+            .map_err(|e| SinkError::from_io("write", &self.key, e))
+    }
+
+    /// Appends the error document of a record a request-based destination did not take.
+    pub fn push_detailed(
+        &mut self,
+        record: &Record,
+        failure: &Failure,
+        detail: &ErrorDetail,
+    ) -> Result<(), SinkError> {
+        self.line.clear();
+        let raw_data = base64_simd::STANDARD.encode_to_string(&record.data);
+        let (code, message) = (failure.code.as_str(), failure.message.as_str());
+        let written = match detail {
+            ErrorDetail::HttpEndpoint { data_id } => serde_json::to_writer(
+                &mut self.line,
+                &HttpEndpointErrorDocument {
+                    attempts_made: failure.attempts,
+                    arrival_timestamp: record.arrival_ms,
+                    error_code: code,
+                    error_message: message,
+                    attempt_ending_timestamp: now_ms(),
+                    raw_data,
+                    subsequence_number: record.sub,
+                    data_id,
+                },
+            ),
+            ErrorDetail::OpenSearch {
+                document_id,
+                index,
+                type_name,
+            } => serde_json::to_writer(
+                &mut self.line,
+                &OpenSearchErrorDocument {
+                    attempts_made: failure.attempts,
+                    arrival_timestamp: record.arrival_ms,
+                    error_code: code,
+                    error_message: message,
+                    attempt_ending_timestamp: now_ms(),
+                    es_document_id: document_id.as_deref(),
+                    es_index_name: index,
+                    es_type_name: type_name,
+                    raw_data,
+                },
+            ),
         };
         written.expect("an error document serializes");
         self.line.push(b'\n');

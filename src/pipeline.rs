@@ -64,6 +64,9 @@ pub struct DeliverySettings {
     /// Identifies the data directory (see [`crate::log::instance_id`]); part of object ids.
     pub instance: String,
     pub name: String,
+    /// The log consumer whose checkpoints and retention pins these are: the stream's name, or
+    /// `<name>+backup` for the pipeline that copies every record to an `AllData` backup.
+    pub consumer: String,
     /// Firehose's destination version, part of every object name.
     pub version: u32,
     pub delimiter: Vec<u8>,
@@ -89,6 +92,12 @@ pub struct DeliverySettings {
     pub max_active_partitions: usize,
     /// Fingerprint of everything that decides which records go to which object.
     pub routing: String,
+    /// A request-based destination (HTTP endpoint, OpenSearch) that takes the data partition's
+    /// batches; without one, objects go to the store.
+    pub destination: Option<Arc<dyn crate::sink::RecordDestination>>,
+    /// Records that failed processing are left out instead of written to the error output (a
+    /// backup pipeline: the stream's own pipeline writes them).
+    pub skip_failures: bool,
 }
 
 /// Errors that interrupt delivery; the pipeline backs off and replays from its checkpoint.
@@ -133,6 +142,11 @@ impl Pipeline {
     /// The delivery stream's name.
     pub fn stream(&self) -> &str {
         &self.settings.name
+    }
+
+    /// The log consumer it is (the stream's name, or its backup's).
+    pub fn consumer(&self) -> &str {
+        &self.settings.consumer
     }
 
     /// The shard this pipeline consumes.
@@ -181,11 +195,11 @@ impl Pipeline {
     }
 
     fn load_checkpoint(&self) -> Result<Checkpoint, LogError> {
-        let s = &self.settings.name;
+        let (s, consumer) = (&self.settings.name, &self.settings.consumer);
         let horizon = self.shard.trim_horizon();
         let ck = self
             .checkpoints
-            .load(s, s, self.shard.id())?
+            .load(consumer, s, self.shard.id())?
             .unwrap_or(Checkpoint {
                 next: horizon.0,
                 ..Checkpoint::default()
@@ -252,7 +266,7 @@ impl<'a> Run<'a> {
     fn start(p: &'a Pipeline) -> Result<Run<'a>, PipelineError> {
         let settings = &*p.settings;
         let mut ck = p.load_checkpoint()?;
-        p.shard.pin(&settings.name, ck.next_sequence());
+        p.shard.pin(&settings.consumer, ck.next_sequence());
         if ck.next > p.shard.durable_end().0 {
             tracing::error!(stream = %settings.name, shard = %p.shard.id(), checkpoint = ck.next,
                 durable_end = p.shard.durable_end().0,
@@ -464,6 +478,7 @@ impl<'a> Run<'a> {
                         }
                     },
                 },
+                Outcome::Failed(..) if self.settings.skip_failures => Ok(()),
                 Outcome::Failed(r, f) => {
                     let partition = Cow::Owned(error_partition(f.output_type));
                     self.place(partition, false, &r, Some(f), full)
@@ -612,10 +627,17 @@ impl<'a> Run<'a> {
                 Slot::open(buffer, recorded.is_some())
             }
             (_, None) => {
-                let key = self.object_key(partition, keys, record);
+                let key = match &s.destination {
+                    // A batch's one object is the error object of the records it does not deliver.
+                    Some(d) => s
+                        .errors
+                        .key_of_type(d.output_type(), shard, partition, record),
+                    None => self.object_key(partition, keys, record),
+                };
                 let contents = Contents::Records;
-                let buffer =
+                let mut buffer =
                     ObjectBuffer::open(settings, store, shard, partition, key, record, contents)?;
+                buffer.replay = recorded.is_some();
                 Slot::open(buffer, recorded.is_some())
             }
         };
@@ -888,10 +910,10 @@ impl<'a> Run<'a> {
             .min(self.processed);
         self.entries
             .retain(|e| e.state != ObjectState::Delivered || e.closed_at > next);
-        let s = &self.settings.name;
+        let (s, consumer) = (&self.settings.name, &self.settings.consumer);
         let shard = self.p.shard.id();
         self.p.checkpoints.save(
-            s,
+            consumer,
             s,
             shard,
             &Checkpoint {
@@ -901,7 +923,7 @@ impl<'a> Run<'a> {
                 routing: self.settings.routing.clone(),
             },
         )?;
-        self.p.shard.pin(s, SequenceNumber(next));
+        self.p.shard.pin(consumer, SequenceNumber(next));
         if self.p.shard.over_disk_budget() {
             // Under disk pressure, free what is now delivered instead of waiting for the
             // periodic retention pass.
@@ -1069,6 +1091,7 @@ mod tests {
         Arc::new(DeliverySettings {
             instance: "test".into(),
             name: "events".into(),
+            consumer: "events".into(),
             version: 1,
             delimiter: b"\n".to_vec(),
             hints: BufferingHints {
@@ -1096,6 +1119,8 @@ mod tests {
             partitioner: None,
             max_active_partitions: 500,
             routing: "test".into(),
+            destination: None,
+            skip_failures: false,
         })
     }
 

@@ -507,7 +507,7 @@ impl fmt::Display for OutputKind {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, Destination};
+    use super::super::Config;
     use super::*;
 
     /// A stream with `fc` (YAML lines at the `format_conversion:` indentation) and `extra` S3 fields.
@@ -522,14 +522,14 @@ mod tests {
 
     fn parse(text: &str) -> Result<FormatConversion, String> {
         let c = Config::parse(text, "t.yaml").map_err(|e| e.to_string())?;
-        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        let s3 = c.delivery_streams[0].destination.s3();
         s3.conversion().expect("enabled").settings()
     }
 
     #[test]
     fn defaults_follow_firehose() {
         let c = Config::parse(&config(PARQUET, ""), "t").unwrap();
-        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        let s3 = c.delivery_streams[0].destination.s3();
         assert_eq!(
             s3.hints().size_mib,
             128,

@@ -16,8 +16,13 @@ use serde::Deserialize;
 use crate::compression::Compression;
 use crate::prefix::PrefixTemplate;
 
+mod endpoint;
 mod format_conversion;
 mod processing;
+pub use endpoint::{
+    ContentEncoding, DocumentBackupMode, DocumentIdFormat, EndpointBuffering, EndpointRetry,
+    HttpBackupMode, HttpEndpointDestination, IndexRotation, OpenSearchAuth, OpenSearchDestination,
+};
 pub use format_conversion::{
     DeserializerConfig, FormatConversionConfig, OrcConfig, OutputKind, ParquetConfig, SchemaConfig,
 };
@@ -223,14 +228,18 @@ impl DeliveryStreamConfig {
     /// partitioning and the size hint. A replay under another fingerprint cannot trust the objects
     /// a checkpoint recorded (see `crate::pipeline`).
     pub fn routing_fingerprint(&self) -> String {
-        let Destination::S3(s3) = &self.destination;
+        let s3 = self.destination.s3();
+        let kind = match self.destination.kind() {
+            "s3" => String::new(), // as before request-based destinations existed
+            other => format!("\0{other}"),
+        };
         crate::fs::md5_hex(
             format!(
-                "{:?}\0{}\0{:?}\0{:?}",
+                "{:?}\0{}\0{:?}\0{:?}{kind}",
                 self.processing,
                 s3.prefix.as_configured(),
                 s3.partitioning(),
-                s3.hints().size_mib
+                self.destination.hints().size_mib
             )
             .as_bytes(),
         )
@@ -270,6 +279,68 @@ fn one() -> u64 {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Destination {
     S3(S3Destination),
+    /// Firehose's HTTP endpoint delivery protocol.
+    HttpEndpoint(HttpEndpointDestination),
+    /// OpenSearch's (or Elasticsearch's) `_bulk` API.
+    #[serde(rename = "opensearch")]
+    OpenSearch(OpenSearchDestination),
+}
+
+impl Destination {
+    /// The S3 section: the destination itself, or the bucket of a request-based destination's
+    /// error documents and backups.
+    pub fn s3(&self) -> &S3Destination {
+        match self {
+            Destination::S3(s3) => s3,
+            Destination::HttpEndpoint(h) => &h.s3,
+            Destination::OpenSearch(o) => &o.s3,
+        }
+    }
+
+    fn s3_mut(&mut self) -> &mut S3Destination {
+        match self {
+            Destination::S3(s3) => s3,
+            Destination::HttpEndpoint(h) => &mut h.s3,
+            Destination::OpenSearch(o) => &mut o.s3,
+        }
+    }
+
+    /// The S3 section's field path, for errors.
+    pub fn s3_path(&self) -> &'static str {
+        match self {
+            Destination::S3(_) => "destination.s3",
+            Destination::HttpEndpoint(_) => "destination.http_endpoint.s3",
+            Destination::OpenSearch(_) => "destination.opensearch.s3",
+        }
+    }
+
+    /// The buffering of the records delivered to the destination.
+    pub fn hints(&self) -> BufferingHints {
+        match self {
+            Destination::S3(s3) => s3.hints(),
+            Destination::HttpEndpoint(h) => h.buffering.hints(),
+            Destination::OpenSearch(o) => o.buffering.hints(),
+        }
+    }
+
+    /// Whether every record is also written to the S3 section's bucket (`AllData`,
+    /// `AllDocuments`), not only the failed ones.
+    pub fn backs_up_all(&self) -> bool {
+        match self {
+            Destination::S3(_) => false,
+            Destination::HttpEndpoint(h) => h.s3_backup_mode == HttpBackupMode::AllData,
+            Destination::OpenSearch(o) => o.s3_backup_mode == DocumentBackupMode::AllDocuments,
+        }
+    }
+
+    /// The destination's kind, as in configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::S3(_) => "s3",
+            Destination::HttpEndpoint(_) => "http_endpoint",
+            Destination::OpenSearch(_) => "opensearch",
+        }
+    }
 }
 
 /// The S3 destination, Firehose's `ExtendedS3DestinationConfiguration`.
@@ -705,7 +776,7 @@ impl Config {
                     })?;
                 }
             }
-            let Destination::S3(s3) = &mut ds.destination;
+            let s3 = ds.destination.s3_mut();
             if let Some(fc) = &mut s3.format_conversion {
                 fc.load_schema_file(base)?;
             }
@@ -716,24 +787,25 @@ impl Config {
     /// Rules that tie fields together; errors point at the line of the field concerned.
     fn check_across_fields(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         for (i, ds) in self.delivery_streams.iter().enumerate() {
-            let Destination::S3(s3) = &ds.destination;
+            let s3 = ds.destination.s3();
+            let path = ds.destination.s3_path();
             if let Err(msg) = s3.compression.level(s3.compression_level) {
                 let line = line_of_field(text, ds.name.as_str(), "compression_level:");
                 return Err(ConfigError(format!(
-                    "{origin}:{line}: delivery_streams[{i}].destination.s3.compression_level: {msg}"
+                    "{origin}:{line}: delivery_streams[{i}].{path}.compression_level: {msg}"
                 )));
             }
             if let Some(fc) = &s3.format_conversion {
                 let at = |field: &str, msg: String| {
                     let line = line_of_field(text, ds.name.as_str(), &format!("{field}:"));
                     ConfigError(format!(
-                        "{origin}:{line}: delivery_streams[{i}].destination.s3.{field}: {msg}"
+                        "{origin}:{line}: delivery_streams[{i}].{path}.{field}: {msg}"
                     ))
                 };
                 if let Err((field, msg)) = fc.check() {
                     let line = line_of_field(text, ds.name.as_str(), &format!("{field}:"));
                     return Err(ConfigError(format!(
-                        "{origin}:{line}: delivery_streams[{i}].destination.s3.format_conversion.{field}: {msg}"
+                        "{origin}:{line}: delivery_streams[{i}].{path}.format_conversion.{field}: {msg}"
                     )));
                 }
                 if fc.enabled && s3.compression != Compression::None {
@@ -762,6 +834,25 @@ impl Config {
             if let Err((j, msg)) = check_processors(&ds.processing) {
                 return Err(at("processing", format!("[{j}]: {msg}")));
             }
+            if !matches!(ds.destination, Destination::S3(_)) {
+                // The S3 section of a request-based destination only holds error documents and
+                // backups: what only makes sense for a data lake is refused, not ignored.
+                if s3.format_conversion.is_some() {
+                    return Err(at(&format!("{path}.format_conversion"), format!(
+                        "record format conversion is only available with the s3 destination, not {}",
+                        ds.destination.kind()
+                    )));
+                }
+                if s3.dynamic_partitioning.is_some() {
+                    return Err(at(
+                        &format!("{path}.dynamic_partitioning"),
+                        format!(
+                        "dynamic partitioning is only available with the s3 destination, not {}",
+                        ds.destination.kind()
+                    ),
+                    ));
+                }
+            }
             let query_keys: Vec<&str> = s3
                 .prefix
                 .partition_keys()
@@ -772,19 +863,19 @@ impl Config {
             match s3.partitioning() {
                 Some(_) if !uses_keys => {
                     return Err(at(
-                        "destination.s3.prefix",
+                        &format!("{path}.prefix"),
                         "dynamic partitioning needs a prefix with !{partitionKeyFromQuery:key} (or !{partitionKeyFromLambda:key}) expressions".into(),
                     ))
                 }
                 None if uses_keys => {
                     return Err(at(
-                        "destination.s3.prefix",
+                        &format!("{path}.prefix"),
                         "!{partitionKeyFrom...} expressions need dynamic_partitioning: { enabled: true }".into(),
                     ))
                 }
                 Some(_) if s3.buffering.interval_s == 0 => {
                     return Err(at(
-                        "destination.s3.buffering",
+                        &format!("{path}.buffering"),
                         "interval_s 0 (zero buffering) is not available with dynamic partitioning, as in Firehose".into(),
                     ))
                 }
@@ -792,7 +883,7 @@ impl Config {
             }
             if !query_keys.is_empty() && ds.metadata_query().is_none() {
                 return Err(at(
-                    "destination.s3.prefix",
+                    &format!("{path}.prefix"),
                     format!(
                         "!{{partitionKeyFromQuery:{}}} needs a metadata_extraction processor whose query yields that key",
                         query_keys[0]
@@ -809,19 +900,19 @@ impl Config {
                 .find(|(s, _)| *s == crate::prefix::KeySource::Lambda && !has_plugin)
             {
                 return Err(at(
-                    "destination.s3.prefix",
+                    &format!("{path}.prefix"),
                     format!("!{{partitionKeyFromLambda:{k}}} needs a transformation plugin that returns partition keys, and this delivery stream has none"),
                 ));
             }
             if let Some(extension) = &s3.file_extension {
                 if let Err(msg) = s3.prefix.check_extension(extension) {
-                    return Err(at("destination.s3.file_extension", msg));
+                    return Err(at(&format!("{path}.file_extension"), msg));
                 }
             }
             if s3.prefix.has_expressions() && s3.error_output_prefix.is_none() {
                 let line = line_of_field(text, ds.name.as_str(), "prefix:");
                 return Err(ConfigError(format!(
-                    "{origin}:{line}: delivery_streams[{i}].destination.s3.error_output_prefix: required when prefix has !{{...}} expressions (e.g. 'errors/!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd}}/')"
+                    "{origin}:{line}: delivery_streams[{i}].{path}.error_output_prefix: required when prefix has !{{...}} expressions (e.g. 'errors/!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd}}/')"
                 )));
             }
         }
@@ -926,7 +1017,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, "t.yaml").unwrap();
         assert_eq!(c.listen, default_listen());
-        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        let s3 = c.delivery_streams[0].destination.s3();
         assert_eq!(s3.hints(), BufferingHints::default());
         assert_eq!(s3.url, LakeUrl::LocalDirectory("./lake".into()));
     }
@@ -1051,7 +1142,7 @@ mod tests {
     fn store_urls() {
         let t = MINIMAL.replace("file://./lake", "s3://my-bucket");
         let c = Config::parse(&t, "t").unwrap();
-        let Destination::S3(s3) = &c.delivery_streams[0].destination;
+        let s3 = c.delivery_streams[0].destination.s3();
         assert_eq!(s3.url, LakeUrl::S3Bucket("my-bucket".into()));
         let loc = s3.s3_location().unwrap();
         assert_eq!((loc.part_mib, loc.retry_duration_s), (8, 86_400));

@@ -22,7 +22,8 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
     pub created_ms: i64,
-    /// `ExtendedS3DestinationDescription` of the stream's destination.
+    /// The destination's entry of DescribeDeliveryStream's `Destinations` (e.g.
+    /// `{"ExtendedS3DestinationDescription": {...}}`), without its id.
     pub destination: serde_json::Value,
 }
 
@@ -360,6 +361,8 @@ pub fn describe_delivery_stream(streams: &Streams, body: &[u8]) -> Result<String
     stream_name(&req.delivery_stream_name)?;
     let stream = lookup(streams, &req.delivery_stream_name)?;
     let name = &req.delivery_stream_name;
+    let mut destination = stream.info.destination.clone();
+    destination["DestinationId"] = "destinationId-000000000001".into();
     Ok(serde_json::json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": name,
@@ -369,10 +372,7 @@ pub fn describe_delivery_stream(streams: &Streams, body: &[u8]) -> Result<String
             "VersionId": "1",
             "CreateTimestamp": stream.info.created_ms as f64 / 1000.0,
             "DeliveryStreamEncryptionConfiguration": {"Status": "DISABLED"},
-            "Destinations": [{
-                "DestinationId": "destinationId-000000000001",
-                "ExtendedS3DestinationDescription": stream.info.destination,
-            }],
+            "Destinations": [destination],
             "HasMoreDestinations": false,
         }
     })

@@ -1,13 +1,25 @@
 //! Destinations. An [`ObjectStore`] takes whole objects as a byte stream and makes each visible under
 //! its key atomically on commit, so a reader never sees a partial object and a replay overwrites.
+//! A [`RecordDestination`] (HTTP endpoint, OpenSearch) takes records in batches, one request each,
+//! and answers for every record: delivered, or not, with why.
 
+mod http_endpoint;
 mod local;
+mod opensearch;
+mod request;
 mod s3;
 
 use std::io::Write;
 
+pub use http_endpoint::HttpEndpoint;
 pub use local::LocalStore;
+pub use opensearch::OpenSearch;
+pub use request::HttpClient;
 pub use s3::S3Store;
+
+use crate::error_output::{ErrorDetail, Failure};
+use crate::log::ShardId;
+use crate::process::Record;
 
 /// Errors of a destination.
 #[derive(Debug, thiserror::Error)]
@@ -117,4 +129,37 @@ pub fn check_key(key: &str) -> Result<(), SinkError> {
         return bad("has an empty, '.', '..' or NUL-containing segment");
     }
     Ok(())
+}
+
+/// A destination that takes records by request. Batches are built by the pipeline like objects
+/// (same buffering, same deterministic boundaries), so a batch's id, and with it the HTTP
+/// endpoint's request id and OpenSearch's document ids, is the same when a replay sends it again.
+pub trait RecordDestination: Send + Sync + std::fmt::Debug {
+    /// Starts a batch of records of `shard`; `id` is a GUID derived from its first record.
+    fn batch(&self, shard: ShardId, id: &str) -> Box<dyn RecordBatch>;
+    /// Where the destination sends, for logs.
+    fn describe(&self) -> String;
+    /// The error output type of the records it does not take.
+    fn output_type(&self) -> &'static str;
+}
+
+/// A batch being filled; one request.
+pub trait RecordBatch: Send {
+    /// Adds a record, or refuses one that the destination can never take (it goes to the error
+    /// output) and which is then not part of the batch.
+    fn push(&mut self, record: &Record) -> Result<(), Box<(Failure, ErrorDetail)>>;
+    /// Whether one more record might not fit in the request.
+    fn is_full(&self) -> bool;
+    /// Sends the batch, retrying for the configured duration. Returns the records it could not
+    /// deliver, by their index among the records taken, with why; they go to the error output.
+    fn deliver(self: Box<Self>) -> Vec<Undelivered>;
+}
+
+/// A record of a batch that was not delivered.
+#[derive(Debug)]
+pub struct Undelivered {
+    /// Index among the records the batch took.
+    pub index: usize,
+    pub failure: Failure,
+    pub detail: ErrorDetail,
 }

@@ -1,0 +1,317 @@
+//! The request-based destinations: Firehose's HTTP endpoint (`HttpEndpointDestinationConfiguration`)
+//! and OpenSearch (`AmazonopensearchserviceDestinationConfiguration`). Both keep an S3 section, as
+//! Firehose does: the bucket of their error documents and, with the "all" backup mode, a copy of
+//! every record.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::{in_range, BufferingHints, S3Destination};
+
+/// Firehose's HTTP endpoint destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpEndpointDestination {
+    /// `https://` or `http://` (Firehose allows only HTTPS on port 443; a self-hosted receiver
+    /// next to the daemon often has no certificate), at most 1000 characters.
+    #[serde(deserialize_with = "endpoint_url::<_, 1000>")]
+    pub url: String,
+    /// A name for the endpoint, shown by DescribeDeliveryStream.
+    #[serde(default, deserialize_with = "bounded_string::<_, 1, 256>")]
+    pub name: Option<String>,
+    /// Sent verbatim as `X-Amz-Firehose-Access-Key`.
+    #[serde(default, deserialize_with = "bounded_string::<_, 0, 4096>")]
+    pub access_key: Option<String>,
+    /// Sent as `X-Amz-Firehose-Common-Attributes`: at most 50, names 1–256 and values ≤ 1024
+    /// characters.
+    #[serde(default, deserialize_with = "common_attributes")]
+    pub common_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub content_encoding: ContentEncoding,
+    #[serde(default)]
+    pub buffering: EndpointBuffering<64>,
+    /// How long a response is awaited (Firehose: 3 minutes).
+    #[serde(
+        default = "default_http_timeout_s",
+        deserialize_with = "in_range::<_, 1, 3600>"
+    )]
+    pub request_timeout_s: u64,
+    #[serde(default)]
+    pub retry: EndpointRetry,
+    #[serde(default)]
+    pub s3_backup_mode: HttpBackupMode,
+    /// The bucket of error documents and backups.
+    pub s3: S3Destination,
+}
+
+/// `ContentEncoding` of HTTP endpoint requests.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentEncoding {
+    #[default]
+    None,
+    Gzip,
+}
+
+/// `S3BackupMode` of an HTTP endpoint destination.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpBackupMode {
+    #[default]
+    FailedDataOnly,
+    AllData,
+}
+
+/// Firehose's OpenSearch destination (also any Elasticsearch-compatible `_bulk` API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSearchDestination {
+    /// The cluster endpoint, `https://` or `http://`.
+    #[serde(deserialize_with = "endpoint_url::<_, 2048>")]
+    pub endpoint: String,
+    /// The index name, 1–80 characters, before the rotation suffix.
+    #[serde(deserialize_with = "index_name")]
+    pub index: String,
+    /// Sent as `_type` when set (Elasticsearch 6); OpenSearch has no types.
+    #[serde(default, deserialize_with = "bounded_string::<_, 1, 100>")]
+    pub type_name: Option<String>,
+    #[serde(default)]
+    pub index_rotation: IndexRotation,
+    #[serde(default)]
+    pub document_id: DocumentIdFormat,
+    #[serde(default)]
+    pub buffering: EndpointBuffering<100>,
+    #[serde(
+        default = "default_bulk_timeout_s",
+        deserialize_with = "in_range::<_, 1, 3600>"
+    )]
+    pub request_timeout_s: u64,
+    #[serde(default)]
+    pub retry: EndpointRetry,
+    #[serde(default)]
+    pub auth: Option<OpenSearchAuth>,
+    #[serde(default)]
+    pub s3_backup_mode: DocumentBackupMode,
+    /// The bucket of error documents and backups.
+    pub s3: S3Destination,
+}
+
+/// `IndexRotationPeriod`: the UTC arrival time appended to the index name.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexRotation {
+    NoRotation,
+    OneHour,
+    #[default]
+    OneDay,
+    OneWeek,
+    OneMonth,
+}
+
+impl IndexRotation {
+    /// Firehose's name of the period.
+    pub fn firehose_name(self) -> &'static str {
+        match self {
+            IndexRotation::NoRotation => "NoRotation",
+            IndexRotation::OneHour => "OneHour",
+            IndexRotation::OneDay => "OneDay",
+            IndexRotation::OneWeek => "OneWeek",
+            IndexRotation::OneMonth => "OneMonth",
+        }
+    }
+}
+
+/// `DocumentIdOptions.DefaultDocumentIdFormat`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentIdFormat {
+    /// An id derived from where the record is in the log: the same on every retry and replay.
+    #[default]
+    FirehoseDefault,
+    /// OpenSearch assigns ids; a retried request whose first attempt was indexed duplicates.
+    NoDocumentId,
+}
+
+/// `S3BackupMode` of an OpenSearch destination.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentBackupMode {
+    #[default]
+    FailedDocumentsOnly,
+    AllDocuments,
+}
+
+/// How requests to OpenSearch authenticate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum OpenSearchAuth {
+    /// HTTP basic authentication (the fine-grained access control master user, or any cluster's).
+    Basic { username: String, password: String },
+    /// AWS Signature Version 4 with credentials from the AWS chain (environment, profile, IMDS).
+    Sigv4 {
+        region: String,
+        /// `es` for Amazon OpenSearch Service domains, `aoss` for Serverless collections.
+        #[serde(default = "default_sigv4_service")]
+        service: String,
+    },
+}
+
+fn default_sigv4_service() -> String {
+    "es".into()
+}
+
+/// Buffering of a request-based destination: 1–`MAX` MiB (default 5), 0–900 s (default 300).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointBuffering<const MAX: u64> {
+    #[serde(default = "five", deserialize_with = "in_range::<_, 1, MAX>")]
+    pub size_mib: u64,
+    #[serde(default = "three_hundred", deserialize_with = "in_range::<_, 0, 900>")]
+    pub interval_s: u64,
+}
+
+impl<const MAX: u64> Default for EndpointBuffering<MAX> {
+    fn default() -> Self {
+        EndpointBuffering {
+            size_mib: five(),
+            interval_s: three_hundred(),
+        }
+    }
+}
+
+impl<const MAX: u64> EndpointBuffering<MAX> {
+    pub fn hints(&self) -> BufferingHints {
+        BufferingHints {
+            size_mib: self.size_mib,
+            interval_s: self.interval_s,
+        }
+    }
+}
+
+/// `RetryOptions` of a request-based destination: how long a batch is retried (the waits between
+/// attempts; the wait for a response is not counted) before its records go to the error output.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRetry {
+    #[serde(default = "three_hundred", deserialize_with = "in_range::<_, 0, 7200>")]
+    pub duration_s: u64,
+}
+
+impl Default for EndpointRetry {
+    fn default() -> Self {
+        EndpointRetry {
+            duration_s: three_hundred(),
+        }
+    }
+}
+
+fn five() -> u64 {
+    5
+}
+fn three_hundred() -> u64 {
+    300
+}
+fn default_http_timeout_s() -> u64 {
+    180
+}
+fn default_bulk_timeout_s() -> u64 {
+    60
+}
+
+fn endpoint_url<'de, D: Deserializer<'de>, const MAX: usize>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() > MAX {
+        return Err(de::Error::custom(format!(
+            "must be at most {MAX} characters, got {}",
+            s.len()
+        )));
+    }
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| de::Error::custom(format!("{s:?} must start with https:// or http://")))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(de::Error::custom(format!("{s:?} has no host")));
+    }
+    s.parse::<http::Uri>()
+        .map_err(|e| de::Error::custom(format!("{s:?} is not a valid URL: {e}")))?;
+    Ok(s)
+}
+
+fn bounded_string<'de, D: Deserializer<'de>, const MIN: usize, const MAX: usize>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let n = s.chars().count();
+    if !(MIN..=MAX).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "must be {MIN} to {MAX} characters, got {n}"
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn index_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let n = s.chars().count();
+    if !(1..=80).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "must be 1 to 80 characters, got {n}"
+        )));
+    }
+    // OpenSearch's own rules for index names, so that a bad name fails at startup rather than
+    // sending every document to the error output.
+    if s.starts_with(['_', '-', '+'])
+        || s == "."
+        || s == ".."
+        || s.chars()
+            .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c) || c.is_control())
+    {
+        return Err(de::Error::custom(format!(
+            "{s:?} is not a valid index name (lowercase, not starting with _ - +, none of space \" * \\ < | , > / ? # :)"
+        )));
+    }
+    Ok(s)
+}
+
+fn common_attributes<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Visitor;
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of attribute names to values")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((name, value)) = map.next_entry::<String, String>()? {
+                let n = name.chars().count();
+                if !(1..=256).contains(&n) {
+                    return Err(de::Error::custom(format!(
+                        "attribute name {name:?} must be 1 to 256 characters"
+                    )));
+                }
+                if value.chars().count() > 1024 {
+                    return Err(de::Error::custom(format!(
+                        "the value of attribute {name:?} must be at most 1024 characters"
+                    )));
+                }
+                if out.insert(name.clone(), value).is_some() {
+                    return Err(de::Error::custom(format!(
+                        "attribute {name:?} is given twice"
+                    )));
+                }
+                if out.len() > 50 {
+                    return Err(de::Error::custom("at most 50 common attributes"));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Visitor)
+}

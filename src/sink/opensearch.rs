@@ -1,0 +1,595 @@
+//! OpenSearch (and Elasticsearch) through the `_bulk` API: a batch is one bulk request of `index`
+//! actions, each naming its index (with Firehose's rotation suffix) and, by default, a document id
+//! derived from where the record is in the log, so that retries and replays overwrite instead of
+//! duplicating.
+//!
+//! The response is read per item, as OpenSearch answers per document: 2xx is delivered, 429 and
+//! 5xx are retried (only those documents, with the same ids), anything else is permanent and goes
+//! to the error output at once. A failed request as a whole (status, connection, timeout, an
+//! unreadable answer) is retried for every pending document.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Deserialize;
+
+use super::request::{jitter_seed, HttpClient, RequestError, RetryClock};
+use super::{RecordBatch, RecordDestination, SinkError, Undelivered};
+use crate::config::{DocumentIdFormat, IndexRotation, OpenSearchAuth, OpenSearchDestination};
+use crate::error_output::{ErrorDetail, Failure, OPENSEARCH_FAILED};
+use crate::log::ShardId;
+use crate::process::Record;
+use crate::time::UtcDateTime;
+
+/// Largest bulk response read (a 100 MiB request of tiny documents answers with ~100 bytes each).
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// An OpenSearch destination.
+#[derive(Debug, Clone)]
+pub struct OpenSearch {
+    inner: Arc<Cluster>,
+}
+
+struct Cluster {
+    client: HttpClient,
+    runtime: tokio::runtime::Handle,
+    bulk: http::Uri,
+    endpoint: String,
+    index: String,
+    type_name: Option<String>,
+    rotation: IndexRotation,
+    ids: DocumentIdFormat,
+    auth: Auth,
+    retry: Duration,
+    /// Part of every document id: documents of two streams (or data directories) never collide.
+    tag: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("endpoint", &self.endpoint)
+            .field("index", &self.index)
+            .field("rotation", &self.rotation)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Auth {
+    None,
+    /// The `Authorization` header's value.
+    Basic(String),
+    Sigv4 {
+        region: String,
+        service: String,
+        provider: SharedCredentialsProvider,
+        cached: Mutex<Option<Credentials>>,
+    },
+}
+
+impl OpenSearch {
+    /// The destination of delivery stream `stream` (of data directory `instance`). `credentials`
+    /// are needed for SigV4 signing.
+    pub fn new(
+        config: &OpenSearchDestination,
+        stream: &str,
+        instance: &str,
+        runtime: tokio::runtime::Handle,
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> Result<OpenSearch, SinkError> {
+        let invalid = |message: String| SinkError::Store {
+            message,
+            code: None,
+            permanent: true,
+        };
+        let bulk = format!("{}/_bulk", config.endpoint.trim_end_matches('/'))
+            .parse::<http::Uri>()
+            .map_err(|e| invalid(format!("{}: {e}", config.endpoint)))?;
+        let auth = match &config.auth {
+            None => Auth::None,
+            Some(OpenSearchAuth::Basic { username, password }) => Auth::Basic(format!(
+                "Basic {}",
+                base64_simd::STANDARD.encode_to_string(format!("{username}:{password}"))
+            )),
+            Some(OpenSearchAuth::Sigv4 { region, service }) => Auth::Sigv4 {
+                region: region.clone(),
+                service: service.clone(),
+                provider: credentials.ok_or_else(|| {
+                    invalid("SigV4 signing needs AWS credentials, and none were found".into())
+                })?,
+                cached: Mutex::new(None),
+            },
+        };
+        let tag = crate::fs::md5_hex(format!("{instance}\0{stream}").as_bytes())[..8].to_string();
+        Ok(OpenSearch {
+            inner: Arc::new(Cluster {
+                client: HttpClient::new(
+                    runtime.clone(),
+                    Duration::from_secs(config.request_timeout_s),
+                )?,
+                runtime,
+                bulk,
+                endpoint: config.endpoint.clone(),
+                index: config.index.clone(),
+                type_name: config.type_name.clone(),
+                rotation: config.index_rotation,
+                ids: config.document_id,
+                auth,
+                retry: Duration::from_secs(config.retry.duration_s),
+                tag,
+            }),
+        })
+    }
+}
+
+impl RecordDestination for OpenSearch {
+    fn batch(&self, shard: ShardId, id: &str) -> Box<dyn RecordBatch> {
+        Box::new(BulkBatch {
+            cluster: Arc::clone(&self.inner),
+            shard,
+            id: id.to_string(),
+            body: Vec::new(),
+            items: Vec::new(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (index {})", self.inner.endpoint, self.inner.index)
+    }
+
+    fn output_type(&self) -> &'static str {
+        OPENSEARCH_FAILED
+    }
+}
+
+/// One bulk request being filled.
+struct BulkBatch {
+    cluster: Arc<Cluster>,
+    shard: ShardId,
+    /// The batch's id, for logs and jitter.
+    id: String,
+    /// Every document's action and source lines.
+    body: Vec<u8>,
+    items: Vec<Item>,
+}
+
+/// A document of the batch: its lines in the body, and where it goes.
+struct Item {
+    lines: std::ops::Range<usize>,
+    index: String,
+    id: Option<String>,
+}
+
+impl RecordBatch for BulkBatch {
+    fn push(&mut self, record: &Record) -> Result<(), Box<(Failure, ErrorDetail)>> {
+        let c = &*self.cluster;
+        let index = format!(
+            "{}{}",
+            c.index,
+            rotation_suffix(c.rotation, record.arrival_ms)
+        );
+        let id = match c.ids {
+            DocumentIdFormat::FirehoseDefault => Some(format!(
+                "{}-{}-{}-{}",
+                c.tag, self.shard.0, record.sequence.0, record.sub
+            )),
+            DocumentIdFormat::NoDocumentId => None,
+        };
+        if let Err(why) = check_document(&record.data) {
+            let failure = Failure {
+                output_type: OPENSEARCH_FAILED,
+                code: "OpenSearch.MalformedDocument".into(),
+                message: format!(
+                    "the record is not a JSON object, which OpenSearch requires: {why}"
+                ),
+                attempts: 0,
+                plugin: None,
+            };
+            let detail = ErrorDetail::OpenSearch {
+                document_id: id,
+                index,
+                type_name: c.type_name.clone().unwrap_or_default(),
+            };
+            return Err(Box::new((failure, detail)));
+        }
+        let start = self.body.len();
+        self.body.extend_from_slice(br#"{"index":{"_index":"#);
+        push_json_string(&mut self.body, &index);
+        if let Some(t) = &c.type_name {
+            self.body.extend_from_slice(br#","_type":"#);
+            push_json_string(&mut self.body, t);
+        }
+        if let Some(id) = &id {
+            self.body.extend_from_slice(br#","_id":"#);
+            push_json_string(&mut self.body, id);
+        }
+        self.body.extend_from_slice(b"}}\n");
+        // Newlines in valid JSON are whitespace: spaces keep the document on its line.
+        let doc = self.body.len();
+        self.body.extend_from_slice(&record.data);
+        for b in &mut self.body[doc..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+        self.body.push(b'\n');
+        self.items.push(Item {
+            lines: start..self.body.len(),
+            index,
+            id,
+        });
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        false // the size hint (at most 100 MiB) bounds a bulk request
+    }
+
+    fn deliver(self: Box<Self>) -> Vec<Undelivered> {
+        let mut undelivered = Vec::new();
+        let mut pending: Vec<usize> = (0..self.items.len()).collect();
+        let mut clock = RetryClock::new(self.cluster.retry, jitter_seed(&self.id));
+        let mut last = None;
+        while !pending.is_empty() {
+            clock.attempt();
+            let mut retry = Vec::new();
+            match self.attempt(&pending) {
+                Ok(statuses) => {
+                    for (&i, (status, error)) in pending.iter().zip(statuses) {
+                        match status {
+                            200..=299 => {}
+                            429 | 500.. => {
+                                last = Some((status.to_string(), error));
+                                retry.push(i);
+                            }
+                            _ => undelivered.push(self.undelivered(
+                                i,
+                                status.to_string(),
+                                error,
+                                clock.attempts,
+                            )),
+                        }
+                    }
+                }
+                Err((code, message)) => {
+                    last = Some((code, message));
+                    retry = pending.clone();
+                }
+            }
+            pending = retry;
+            if pending.is_empty() {
+                break;
+            }
+            if let Some((_, message)) = &last {
+                tracing::warn!(endpoint = %self.cluster.endpoint, batch = %self.id,
+                    documents = pending.len(), attempt = clock.attempts, error = %message,
+                    "OpenSearch did not index every document; retrying them");
+            }
+            match clock.next_wait() {
+                Some(wait) => std::thread::sleep(wait),
+                None => break,
+            }
+        }
+        let (code, message) = last.unwrap_or_default();
+        for i in pending {
+            undelivered.push(self.undelivered(i, code.clone(), message.clone(), clock.attempts));
+        }
+        undelivered.sort_by_key(|u| u.index);
+        undelivered
+    }
+}
+
+/// A bulk response, as far as it is read.
+#[derive(Deserialize)]
+struct BulkResponse {
+    items: Vec<std::collections::HashMap<String, BulkItem>>,
+}
+
+#[derive(Deserialize)]
+struct BulkItem {
+    status: u16,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+impl BulkBatch {
+    fn undelivered(
+        &self,
+        index: usize,
+        code: String,
+        message: String,
+        attempts: u32,
+    ) -> Undelivered {
+        let item = &self.items[index];
+        Undelivered {
+            index,
+            failure: Failure {
+                output_type: OPENSEARCH_FAILED,
+                code,
+                message,
+                attempts,
+                plugin: None,
+            },
+            detail: ErrorDetail::OpenSearch {
+                document_id: item.id.clone(),
+                index: item.index.clone(),
+                type_name: self.cluster.type_name.clone().unwrap_or_default(),
+            },
+        }
+    }
+
+    /// One bulk request of the `pending` documents: each one's status and error, in order, or
+    /// why the request as a whole failed (error code, message).
+    fn attempt(&self, pending: &[usize]) -> Result<Vec<(u16, String)>, (String, String)> {
+        let c = &*self.cluster;
+        let body = if pending.len() == self.items.len() {
+            self.body.clone()
+        } else {
+            let mut body = Vec::new();
+            for &i in pending {
+                body.extend_from_slice(&self.body[self.items[i].lines.clone()]);
+            }
+            body
+        };
+        let request = self
+            .request(body)
+            .map_err(|e| ("OpenSearch.InvalidRequest".to_string(), e))?;
+        let response = c.client.send(request, MAX_RESPONSE).map_err(|e| match e {
+            RequestError::Timeout(_) => ("OpenSearch.RequestTimeout".to_string(), e.to_string()),
+            RequestError::Connect(_) => ("OpenSearch.ConnectionFailed".to_string(), e.to_string()),
+            RequestError::Reset(_) => ("OpenSearch.ConnectionReset".to_string(), e.to_string()),
+        })?;
+        if response.too_large {
+            return Err((
+                "OpenSearch.InvalidResponse".into(),
+                "the bulk response is larger than 256 MiB".into(),
+            ));
+        }
+        if response.status != http::StatusCode::OK {
+            let text = String::from_utf8_lossy(&response.body[..response.body.len().min(8192)]);
+            return Err((
+                response.status.as_u16().to_string(),
+                format!("the bulk request failed with {}: {text}", response.status),
+            ));
+        }
+        let parsed: BulkResponse = serde_json::from_slice(&response.body).map_err(|e| {
+            (
+                "OpenSearch.InvalidResponse".to_string(),
+                format!("the bulk response is not valid: {e}"),
+            )
+        })?;
+        if parsed.items.len() != pending.len() {
+            return Err((
+                "OpenSearch.InvalidResponse".into(),
+                format!(
+                    "the bulk response has {} items for {} documents",
+                    parsed.items.len(),
+                    pending.len()
+                ),
+            ));
+        }
+        Ok(parsed
+            .items
+            .into_iter()
+            .map(|mut item| {
+                let (status, error) =
+                    match item.remove("index").or_else(|| item.into_values().next()) {
+                        Some(i) => (i.status, i.error.map(|e| e.to_string()).unwrap_or_default()),
+                        None => (500, "the bulk response's item is empty".into()),
+                    };
+                (status, error)
+            })
+            .collect())
+    }
+
+    fn request(&self, body: Vec<u8>) -> Result<http::Request<Full<Bytes>>, String> {
+        let c = &*self.cluster;
+        let host = c
+            .bulk
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let mut request = http::Request::post(c.bulk.clone())
+            .header(http::header::HOST, &host)
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(
+                http::header::USER_AGENT,
+                concat!("spillway/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        match &c.auth {
+            Auth::None => {}
+            Auth::Basic(value) => {
+                let value = http::HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, value);
+            }
+            Auth::Sigv4 {
+                region,
+                service,
+                provider,
+                cached,
+            } => {
+                let credentials = c.credentials(provider, cached)?;
+                sign(&mut request, &body, &credentials, region, service)?;
+            }
+        }
+        *request.body_mut() = Full::new(Bytes::from(body));
+        Ok(request)
+    }
+}
+
+impl Cluster {
+    /// Credentials for signing, refreshed five minutes before they expire.
+    fn credentials(
+        &self,
+        provider: &SharedCredentialsProvider,
+        cached: &Mutex<Option<Credentials>>,
+    ) -> Result<Credentials, String> {
+        let mut cached = cached.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = cached.as_ref().is_some_and(|c| {
+            c.expiry()
+                .is_none_or(|e| e > SystemTime::now() + Duration::from_secs(300))
+        });
+        if !fresh {
+            let loaded = self
+                .runtime
+                .block_on(provider.provide_credentials())
+                .map_err(|e| format!("could not load AWS credentials for SigV4: {e}"))?;
+            *cached = Some(loaded);
+        }
+        Ok(cached.clone().expect("just loaded"))
+    }
+}
+
+/// Signs `request` (whose body will be `body`) with AWS Signature Version 4, adding
+/// `Authorization`, `X-Amz-Date`, `X-Amz-Content-Sha256` and the session token if any.
+fn sign(
+    request: &mut http::Request<Full<Bytes>>,
+    body: &[u8],
+    credentials: &Credentials,
+    region: &str,
+    service: &str,
+) -> Result<(), String> {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    };
+    let identity = credentials.clone().into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(SystemTime::now())
+        .settings(settings)
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let uri = request.uri().to_string();
+    let headers = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+    let signable = SignableRequest::new("POST", uri, headers, SignableBody::Bytes(body))
+        .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| format!("SigV4 signing failed: {e}"))?
+        .into_parts();
+    instructions.apply_to_request_http1x(request);
+    Ok(())
+}
+
+/// Whether `data` is one JSON object (what an OpenSearch document is).
+fn check_document(data: &[u8]) -> Result<(), String> {
+    std::str::from_utf8(data).map_err(|e| format!("it is not UTF-8: {e}"))?;
+    let first = data.iter().find(|b| !b" \t\r\n".contains(b));
+    if first != Some(&b'{') {
+        return Err("it does not start with '{'".into());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(data)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Firehose's `IndexRotationPeriod` suffix for a record that arrived at `arrival_ms` (UTC).
+pub fn rotation_suffix(rotation: IndexRotation, arrival_ms: i64) -> String {
+    let t = UtcDateTime::from_epoch_ms(arrival_ms);
+    let mut s = String::new();
+    let _ = match rotation {
+        IndexRotation::NoRotation => Ok(()),
+        IndexRotation::OneHour => write!(
+            s,
+            "-{:04}-{:02}-{:02}-{:02}",
+            t.year, t.month, t.day, t.hour
+        ),
+        IndexRotation::OneDay => write!(s, "-{:04}-{:02}-{:02}", t.year, t.month, t.day),
+        IndexRotation::OneWeek => write!(s, "-{:04}-w{:02}", t.year, us_week(arrival_ms, &t)),
+        IndexRotation::OneMonth => write!(s, "-{:04}-{:02}", t.year, t.month),
+    };
+    s
+}
+
+/// The week of the year as Java's `ww` counts it in the US: weeks start on Sunday and week 1 is
+/// the one holding January 1 — so the last days of December can be in week 1 (of the next year,
+/// while `yyyy` still prints this one, as Firehose's index names do).
+fn us_week(arrival_ms: i64, t: &UtcDateTime) -> u32 {
+    let days = arrival_ms.div_euclid(86_400_000);
+    let weekday = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday; Sunday = 0
+    let leap = (t.year % 4 == 0 && t.year % 100 != 0) || t.year % 400 == 0;
+    let days_in_year = if leap { 366 } else { 365 };
+    let to_next_january = days_in_year - t.day_of_year + 1;
+    if weekday + to_next_january <= 6 {
+        return 1;
+    }
+    let january_first = (weekday + 7 * 53 - (t.day_of_year - 1)) % 7;
+    (t.day_of_year - 1 + january_first) / 7 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(date: &str) -> i64 {
+        let d: jiff::civil::DateTime = date.parse().unwrap();
+        jiff::tz::TimeZone::UTC
+            .to_timestamp(d)
+            .unwrap()
+            .as_millisecond()
+    }
+
+    #[test]
+    fn rotation_suffixes_follow_firehose() {
+        let t = ms("2024-02-29T07:08:09");
+        assert_eq!(rotation_suffix(IndexRotation::NoRotation, t), "");
+        assert_eq!(rotation_suffix(IndexRotation::OneHour, t), "-2024-02-29-07");
+        assert_eq!(rotation_suffix(IndexRotation::OneDay, t), "-2024-02-29");
+        assert_eq!(rotation_suffix(IndexRotation::OneMonth, t), "-2024-02");
+        assert_eq!(rotation_suffix(IndexRotation::OneWeek, t), "-2024-w09");
+    }
+
+    #[test]
+    fn weeks_start_on_sunday_and_week_one_holds_january_first() {
+        for (date, week) in [
+            ("2024-01-01T00:00:00", "-2024-w01"), // a Monday
+            ("2024-01-06T23:59:59", "-2024-w01"), // Saturday
+            ("2024-01-07T00:00:00", "-2024-w02"), // Sunday
+            ("2024-12-28T12:00:00", "-2024-w52"), // Saturday
+            ("2024-12-29T00:00:00", "-2024-w01"), // Sunday of the week holding 2025-01-01
+            ("2024-12-31T12:00:00", "-2024-w01"),
+            ("2023-01-01T00:00:00", "-2023-w01"), // a Sunday
+            ("2023-12-31T00:00:00", "-2023-w01"), // Sunday; 2024-01-01 is the Monday after
+            ("2022-12-31T00:00:00", "-2022-w53"), // Saturday; 2023 starts on Sunday
+            ("2020-12-26T00:00:00", "-2020-w52"),
+        ] {
+            assert_eq!(
+                rotation_suffix(IndexRotation::OneWeek, ms(date)),
+                week,
+                "{date}"
+            );
+        }
+    }
+
+    #[test]
+    fn documents_must_be_json_objects() {
+        assert!(check_document(br#"{"a":1}"#).is_ok());
+        assert!(check_document(b" {\n\"a\": [1,\n2]\n}\n").is_ok());
+        assert!(check_document(b"[1]").is_err());
+        assert!(check_document(b"\"s\"").is_err());
+        assert!(check_document(br#"{"a":1} {"b":2}"#).is_err());
+        assert!(check_document(b"{\"a\":\"\xff\"}").is_err());
+        assert!(check_document(b"").is_err());
+    }
+}
