@@ -209,13 +209,28 @@ impl ObjectBuffer {
                     encoder.write_all(delimiter).map_err(io)?;
                 }
             }
-            Body::Batch(batch) => match batch.request.push(record) {
-                Ok(()) => batch.records.push(record.clone()),
-                Err(refused) => {
-                    let (failure, detail) = *refused;
-                    batch.refused.push((record.clone(), failure, detail));
+            Body::Batch(batch) => {
+                // The destination gets the record as an object would hold it.
+                let delimiter = &self.settings.delimiter;
+                let record = if delimiter.is_empty() {
+                    record.clone()
+                } else {
+                    let mut data = Vec::with_capacity(record.data.len() + delimiter.len());
+                    data.extend_from_slice(&record.data);
+                    data.extend_from_slice(delimiter);
+                    Record {
+                        data: data.into(),
+                        ..record.clone()
+                    }
+                };
+                match batch.request.push(&record) {
+                    Ok(()) => batch.records.push(record),
+                    Err(refused) => {
+                        let (failure, detail) = *refused;
+                        batch.refused.push((record, failure, detail));
+                    }
                 }
-            },
+            }
             Body::Columnar {
                 writer,
                 store_error,

@@ -221,61 +221,85 @@ fn default_bulk_timeout_s() -> u64 {
     60
 }
 
+/// Deserializes a string and checks it with `check` inside the visitor, so that the parser
+/// reports a refusal at the value with its full field path.
+fn checked_string<'de, D: Deserializer<'de>>(
+    d: D,
+    expecting: &'static str,
+    check: fn(&str) -> Result<(), String>,
+) -> Result<String, D::Error> {
+    struct Visitor {
+        expecting: &'static str,
+        check: fn(&str) -> Result<(), String>,
+    }
+    impl de::Visitor<'_> for Visitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            (self.check)(v).map_err(E::custom)?;
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_str(Visitor { expecting, check })
+}
+
 fn endpoint_url<'de, D: Deserializer<'de>, const MAX: usize>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.len() > MAX {
-        return Err(de::Error::custom(format!(
-            "must be at most {MAX} characters, got {}",
-            s.len()
-        )));
+    fn check<const MAX: usize>(s: &str) -> Result<(), String> {
+        if s.len() > MAX {
+            return Err(format!("must be at most {MAX} characters, got {}", s.len()));
+        }
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        s.parse::<http::Uri>()
+            .map(|_| ())
+            .map_err(|e| format!("{s:?} is not a valid URL: {e}"))
     }
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or_else(|| de::Error::custom(format!("{s:?} must start with https:// or http://")))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
-        return Err(de::Error::custom(format!("{s:?} has no host")));
-    }
-    s.parse::<http::Uri>()
-        .map_err(|e| de::Error::custom(format!("{s:?} is not a valid URL: {e}")))?;
-    Ok(s)
+    checked_string(d, "an http:// or https:// URL", check::<MAX>)
 }
 
 fn bounded_string<'de, D: Deserializer<'de>, const MIN: usize, const MAX: usize>(
     d: D,
 ) -> Result<Option<String>, D::Error> {
-    let s = String::deserialize(d)?;
-    let n = s.chars().count();
-    if !(MIN..=MAX).contains(&n) {
-        return Err(de::Error::custom(format!(
-            "must be {MIN} to {MAX} characters, got {n}"
-        )));
+    fn check<const MIN: usize, const MAX: usize>(s: &str) -> Result<(), String> {
+        let n = s.chars().count();
+        if (MIN..=MAX).contains(&n) {
+            Ok(())
+        } else {
+            Err(format!("must be {MIN} to {MAX} characters, got {n}"))
+        }
     }
-    Ok(Some(s))
+    checked_string(d, "a string", check::<MIN, MAX>).map(Some)
 }
 
 fn index_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    let n = s.chars().count();
-    if !(1..=80).contains(&n) {
-        return Err(de::Error::custom(format!(
-            "must be 1 to 80 characters, got {n}"
-        )));
+    fn check(s: &str) -> Result<(), String> {
+        let n = s.chars().count();
+        if !(1..=80).contains(&n) {
+            return Err(format!("must be 1 to 80 characters, got {n}"));
+        }
+        // OpenSearch's own rules for index names, so that a bad name fails at startup rather
+        // than sending every document to the error output.
+        if s.starts_with(['_', '-', '+'])
+            || s == "."
+            || s == ".."
+            || s.chars()
+                .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c) || c.is_control())
+        {
+            return Err(format!(
+                "{s:?} is not a valid index name (lowercase, not starting with _ - +, none of space \" * \\ < | , > / ? # :)"
+            ));
+        }
+        Ok(())
     }
-    // OpenSearch's own rules for index names, so that a bad name fails at startup rather than
-    // sending every document to the error output.
-    if s.starts_with(['_', '-', '+'])
-        || s == "."
-        || s == ".."
-        || s.chars()
-            .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c) || c.is_control())
-    {
-        return Err(de::Error::custom(format!(
-            "{s:?} is not a valid index name (lowercase, not starting with _ - +, none of space \" * \\ < | , > / ? # :)"
-        )));
-    }
-    Ok(s)
+    checked_string(d, "an index name", check)
 }
 
 fn common_attributes<'de, D: Deserializer<'de>>(
