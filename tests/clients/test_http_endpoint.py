@@ -985,3 +985,21 @@ def test_validate_accepts_boundaries_and_refuses_out_of_range_http_endpoint_sett
         if missing:
             failures.append(f"{name}: stderr lacks {missing}: {err.strip()[:300]!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_config_http_endpoint_yaml_runs_as_is(receivers, tmp_path):
+    """The repository's example, unchanged but for the endpoint's URL and access key."""
+    rcv = receivers(access_key="example-key", common_attributes={"environment": "dev"}, gzip=True)
+    daemon = Spillway(tmp_path, config=REPO_ROOT / "config" / "http_endpoint.yaml",
+                      env={"SPILLWAY_HTTP_ENDPOINT_URL": rcv.url, "SPILLWAY_HTTP_ACCESS_KEY": "example-key"})
+    daemon.start()
+    try:
+        records = [json.dumps({"n": i, "msg": "hello"}).encode() for i in range(300)]
+        put(daemon, STREAM, records)
+        daemon.stop()  # the drain sends what is buffered
+    finally:
+        daemon.kill()
+    assert_no_violations(rcv)
+    got = rcv.delivered().records
+    assert sorted(got) == sorted(r + b"\n" for r in records), f"{len(got)} of {len(records)} delivered"
+    assert daemon.lake_objects() == [], "failed_data_only and nothing failed: no objects"

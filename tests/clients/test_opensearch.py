@@ -41,7 +41,7 @@ import time
 import pytest
 
 from bulk_server import BulkItem, BulkServer, SigV4Expectation
-from conftest import Spillway, run_validate, split_object
+from conftest import REPO_ROOT, Spillway, run_validate, split_object
 from test_format import put, seed
 from test_partitioning import HOUR_DIRS, OBJECT_NAME, config_yaml, line_of, objects_under, records_under
 from test_partitioning import start  # noqa: F401  (the fixture: a daemon on a config text)
@@ -1055,3 +1055,23 @@ def test_describe_delivery_stream_shows_the_opensearch_destination(start, bulk):
     assert defaults["S3DestinationDescription"].get("Prefix") == "backup-defaults/", defaults
     daemon.stop()
     assert server.snapshot() == [], "requests sent without any record put"
+
+
+def test_config_opensearch_yaml_runs_as_is(bulk, tmp_path):
+    """The repository's example, unchanged but for the cluster's URL and credentials."""
+    server = bulk(basic_auth=("spillway", "s3cret"))
+    daemon = Spillway(tmp_path, config=REPO_ROOT / "config" / "opensearch.yaml",
+                      env={"SPILLWAY_OPENSEARCH_URL": server.url, "SPILLWAY_OPENSEARCH_USER": "spillway",
+                           "SPILLWAY_OPENSEARCH_PASSWORD": "s3cret"})
+    daemon.start()
+    try:
+        records = [json.dumps({"n": i, "level": "info"}).encode() for i in range(300)]
+        put(daemon, "logs", records)
+        daemon.stop()
+    finally:
+        daemon.kill()
+    assert_clean(server)
+    docs = server.documents()
+    assert sorted(json.dumps(d).encode() for d in docs.values()) == sorted(records)
+    assert all(index.startswith("logs-") and len(index) == len("logs-2026-12-02") for index, _ in docs)
+    assert daemon.lake_objects() == []
