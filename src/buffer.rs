@@ -107,9 +107,12 @@ impl ObjectBuffer {
             }
             (Contents::Records, _) if settings.destination.is_some() => {
                 let destination = settings.destination.as_ref().expect("checked");
+                // The routing is part of the id: after a configuration change the batch starting
+                // at the same record holds other records, and must not look like a retry of the
+                // old one to a receiver that drops repeated request ids.
                 let id = crate::prefix::object_id(
                     &settings.instance,
-                    &settings.name,
+                    &format!("{}\0{}", settings.name, settings.routing),
                     shard.0,
                     first.sequence.0,
                 );
@@ -411,7 +414,14 @@ fn deliver(
         .chain(
             undelivered
                 .iter()
-                .filter_map(|u| Some((records.get(u.index)?, &u.failure, &u.detail))),
+                .filter_map(|u| match records.get(u.index) {
+                    Some(r) => Some((r, &u.failure, &u.detail)),
+                    None => {
+                        tracing::error!(key, index = u.index, records = records.len(),
+                    "a destination reported a record it was never given (a bug; please report it)");
+                        None
+                    }
+                }),
         )
         .collect();
     failed.sort_by_key(|(r, _, _)| (r.sequence, r.sub));

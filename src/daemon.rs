@@ -269,8 +269,13 @@ fn describe_s3(
 
 /// The stream's entry of DescribeDeliveryStream's `Destinations`, without its id.
 fn describe(ds: &DeliveryStreamConfig, bucket_arn: &str) -> serde_json::Value {
-    let s3 = describe_s3(ds, ds.destination.s3(), bucket_arn);
-    let processing = s3.get("ProcessingConfiguration").cloned();
+    let mut s3 = describe_s3(ds, ds.destination.s3(), bucket_arn);
+    let processing = match &ds.destination {
+        Destination::S3(_) => None,
+        _ => s3
+            .as_object_mut()
+            .and_then(|m| m.remove("ProcessingConfiguration")),
+    };
     let hints = |h: BufferingHints| serde_json::json!({"SizeInMBs": h.size_mib, "IntervalInSeconds": h.interval_s});
     let mut description = match &ds.destination {
         Destination::S3(_) => return serde_json::json!({ "ExtendedS3DestinationDescription": s3 }),
@@ -349,9 +354,12 @@ pub fn delivery_settings(
     Ok(settings)
 }
 
-/// The settings of the pipeline that copies every record (as the destination gets it) into the
-/// S3 section of an `AllData` / `AllDocuments` destination: a consumer of its own, so that the
-/// copy is exactly-once and buffered by the section's own hints whatever the destination does.
+/// The settings of the pipeline that copies every record into the S3 section of an `AllData` /
+/// `AllDocuments` destination: each record as it arrived (before processors and plugins, like
+/// Firehose's source record backup), with the delimiter if `append_delimiter` is on. It is a
+/// consumer of its own, so the copy is exactly-once and buffered by the section's own hints
+/// whatever the destination does; and since it runs no processors it cannot fail a record (or
+/// fail it differently from the stream's own pipeline, as a plugin's deadline could).
 fn backup_settings(
     ds: &DeliveryStreamConfig,
     instance: &str,
@@ -360,11 +368,14 @@ fn backup_settings(
     let s3 = ds.destination.s3();
     let mut settings = s3_settings(ds, s3, instance, data_dir)?;
     settings.consumer = format!("{}+backup", ds.name);
+    settings.errors.consumer = settings.consumer.clone();
+    settings.processors = Processors::default();
+    settings.transforms = Transforms::default();
     settings.skip_failures = true;
     settings.routing = crate::fs::md5_hex(
         format!(
-            "{:?}\0{}\0{}",
-            ds.processing,
+            "backup\0{}\0{}\0{}",
+            ds.appends_delimiter(),
             s3.prefix.as_configured(),
             s3.hints().size_mib
         )
@@ -403,6 +414,7 @@ fn s3_settings(
                 .error_prefix()
                 .context("a prefix with expressions needs error_output_prefix")?,
             stream: ds.name.to_string(),
+            consumer: ds.name.to_string(),
             version: 1,
             instance: instance.to_string(),
             time_zone: s3.custom_time_zone.clone(),
@@ -427,6 +439,7 @@ fn s3_settings(
         routing: ds.routing_fingerprint(),
         destination: None,
         skip_failures: false,
+        drop_cache: !ds.destination.backs_up_all(),
     })
 }
 

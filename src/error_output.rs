@@ -130,6 +130,9 @@ struct DataCatalogTable {
 pub struct ErrorOutput {
     pub prefix: PrefixTemplate,
     pub stream: String,
+    /// The log consumer writing (see `DeliverySettings::consumer`): part of object ids when it
+    /// is not the stream itself, so two consumers' error objects never share a key.
+    pub consumer: String,
     pub version: u32,
     pub instance: String,
     /// Time zone of the error prefix's timestamps and the object names; `None` is UTC.
@@ -161,11 +164,14 @@ impl ErrorOutput {
             || UtcDateTime::from_epoch_ms(first.arrival_ms),
             |z| z.calendar(first.arrival_ms),
         );
-        let seed = if partition.is_empty() {
+        let mut seed = if partition.is_empty() {
             format!("{}\0{output_type}", self.stream)
         } else {
             format!("{}\0{output_type}\0{partition}", self.stream)
         };
+        if self.consumer != self.stream {
+            seed = format!("{seed}\0{}", self.consumer);
+        }
         let id = prefix::object_id(&self.instance, &seed, shard.0, first.sequence.0);
         prefix::object_key(
             &self.prefix.render_error(&at, &id, output_type),

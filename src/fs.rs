@@ -88,6 +88,19 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// A GUID-shaped (8-4-4-4-12 hex digits) name derived from `seed`: the same seed, the same GUID.
+pub fn guid(seed: &str) -> String {
+    let h = md5_hex(seed.as_bytes());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -98,6 +98,9 @@ pub struct DeliverySettings {
     /// Records that failed processing are left out instead of written to the error output (a
     /// backup pipeline: the stream's own pipeline writes them).
     pub skip_failures: bool,
+    /// Whether delivered records are dropped from the page cache as the pipeline reads on: only
+    /// when it is the shard's one consumer (another may still need them).
+    pub drop_cache: bool,
 }
 
 /// Errors that interrupt delivery; the pipeline backs off and replays from its checkpoint.
@@ -328,11 +331,12 @@ impl<'a> Run<'a> {
 
     fn deliver(&mut self, backoff: &mut Backoff) -> Result<(), PipelineError> {
         let shard = &self.p.shard;
-        let mut reader = shard
-            .reader(StartingPosition::AtSequenceNumber(SequenceNumber(
-                self.processed,
-            )))
-            .drop_cache_behind();
+        let mut reader = shard.reader(StartingPosition::AtSequenceNumber(SequenceNumber(
+            self.processed,
+        )));
+        if self.settings.drop_cache {
+            reader = reader.drop_cache_behind();
+        }
         let mut full = Vec::new();
         loop {
             let bytes = READ_BYTES.max(self.settings.transforms.buffer_bytes());
@@ -1109,6 +1113,7 @@ mod tests {
                     .default_error_prefix()
                     .unwrap(),
                 stream: "events".into(),
+                consumer: "events".into(),
                 version: 1,
                 instance: "test".into(),
                 time_zone: None,
@@ -1121,6 +1126,7 @@ mod tests {
             routing: "test".into(),
             destination: None,
             skip_failures: false,
+            drop_cache: true,
         })
     }
 

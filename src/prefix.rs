@@ -499,16 +499,7 @@ pub fn object_key(
 /// holds the records, stream, shard, first sequence number), so that a replayed object lands under
 /// the same key, while two daemons with separate data directories never collide in a shared lake.
 pub fn object_id(instance: &str, stream: &str, shard: u32, first_sequence: u64) -> String {
-    let h =
-        crate::fs::md5_hex(format!("{instance}\0{stream}\0{shard}\0{first_sequence}").as_bytes());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::fs::guid(&format!("{instance}\0{stream}\0{shard}\0{first_sequence}"))
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ pub struct HttpEndpointDestination {
     /// A name for the endpoint, shown by DescribeDeliveryStream.
     #[serde(default, deserialize_with = "bounded_string::<_, 1, 256>")]
     pub name: Option<String>,
-    /// Sent verbatim as `X-Amz-Firehose-Access-Key`.
-    #[serde(default, deserialize_with = "bounded_string::<_, 0, 4096>")]
+    /// Sent verbatim as `X-Amz-Firehose-Access-Key`: at most 4096 printable ASCII characters.
+    #[serde(default, deserialize_with = "access_key")]
     pub access_key: Option<String>,
     /// Sent as `X-Amz-Firehose-Common-Attributes`: at most 50, names 1–256 and values ≤ 1024
     /// characters.
@@ -69,8 +69,9 @@ pub enum HttpBackupMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenSearchDestination {
-    /// The cluster endpoint, `https://` or `http://`.
-    #[serde(deserialize_with = "endpoint_url::<_, 2048>")]
+    /// The cluster endpoint, `https://` or `http://`, with an optional path prefix (the
+    /// requests go to `<endpoint>/_bulk`).
+    #[serde(deserialize_with = "cluster_endpoint")]
     pub endpoint: String,
     /// The index name, 1–80 characters, before the rotation suffix.
     #[serde(deserialize_with = "index_name")]
@@ -246,23 +247,58 @@ fn checked_string<'de, D: Deserializer<'de>>(
 }
 
 fn endpoint_url<'de, D: Deserializer<'de>, const MAX: usize>(d: D) -> Result<String, D::Error> {
-    fn check<const MAX: usize>(s: &str) -> Result<(), String> {
-        if s.len() > MAX {
-            return Err(format!("must be at most {MAX} characters, got {}", s.len()));
-        }
-        let rest = s
-            .strip_prefix("https://")
-            .or_else(|| s.strip_prefix("http://"))
-            .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?;
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if host.is_empty() {
-            return Err(format!("{s:?} has no host"));
-        }
-        s.parse::<http::Uri>()
-            .map(|_| ())
-            .map_err(|e| format!("{s:?} is not a valid URL: {e}"))
+    checked_string(d, "an http:// or https:// URL", check_url::<MAX>)
+}
+
+/// An `http://` or `https://` URL of at most `MAX` bytes with a host and no user info.
+fn check_url<const MAX: usize>(s: &str) -> Result<(), String> {
+    if s.len() > MAX {
+        return Err(format!("must be at most {MAX} characters, got {}", s.len()));
     }
-    checked_string(d, "an http:// or https:// URL", check::<MAX>)
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if host.contains('@') {
+        return Err(format!(
+            "{s:?} has user info; give credentials in their own settings instead"
+        ));
+    }
+    s.parse::<http::Uri>()
+        .map(|_| ())
+        .map_err(|e| format!("{s:?} is not a valid URL: {e}"))
+}
+
+fn access_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    fn check(s: &str) -> Result<(), String> {
+        if s.len() > 4096 {
+            return Err(format!("must be at most 4096 characters, got {}", s.len()));
+        }
+        match s.chars().find(|c| !(' '..='~').contains(c)) {
+            Some(c) => Err(format!(
+                "must be printable ASCII (it is sent as a header), found {c:?}"
+            )),
+            None => Ok(()),
+        }
+    }
+    checked_string(d, "an access key", check).map(Some)
+}
+
+fn cluster_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    fn check(s: &str) -> Result<(), String> {
+        check_url::<2048>(s)?;
+        if s.contains(['?', '#']) {
+            return Err(format!(
+                "{s:?} has a query or fragment; the cluster endpoint is a scheme, host and optional path"
+            ));
+        }
+        Ok(())
+    }
+    checked_string(d, "an http:// or https:// URL", check)
 }
 
 fn bounded_string<'de, D: Deserializer<'de>, const MIN: usize, const MAX: usize>(

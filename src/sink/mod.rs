@@ -31,6 +31,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// A destination cannot be set up as configured.
+    #[error("{0}")]
+    Setup(String),
     #[error("object key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     /// The store refused or failed a request after its retries.
@@ -160,6 +163,8 @@ pub trait RecordBatch: Send {
 pub struct Undelivered {
     /// Index among the records the batch took.
     pub index: usize,
+    /// Why, as the error document says it.
     pub failure: Failure,
+    /// The destination's fields of the error document.
     pub detail: ErrorDetail,
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::request::{jitter_seed, HttpClient, RequestError, RetryClock};
+use super::request::{jitter_seed, snippet, HttpClient, RequestError, RetryClock, USER_AGENT};
 use super::{RecordBatch, RecordDestination, SinkError, Undelivered};
 use crate::config::{DocumentIdFormat, IndexRotation, OpenSearchAuth, OpenSearchDestination};
 use crate::error_output::{ErrorDetail, Failure, OPENSEARCH_FAILED};
@@ -28,6 +28,13 @@ use crate::time::UtcDateTime;
 
 /// Largest bulk response read (a 100 MiB request of tiny documents answers with ~100 bytes each).
 const MAX_RESPONSE: usize = 256 << 20;
+/// Largest bulk request: OpenSearch's default `http.max_content_length` (100 MiB). A batch is
+/// sent in more than one request only when one log record's pieces take it past this.
+const MAX_REQUEST: usize = 100 << 20;
+/// Room kept for one more document and its action line before a batch counts as full.
+const MAX_DOCUMENT: usize = 2 << 20;
+/// Longest wait for the AWS credential chain (a `credential_process`, instance metadata).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An OpenSearch destination.
 #[derive(Debug, Clone)]
@@ -82,11 +89,7 @@ impl OpenSearch {
         runtime: tokio::runtime::Handle,
         credentials: Option<SharedCredentialsProvider>,
     ) -> Result<OpenSearch, SinkError> {
-        let invalid = |message: String| SinkError::Store {
-            message,
-            code: None,
-            permanent: true,
-        };
+        let invalid = SinkError::Setup;
         let bulk = format!("{}/_bulk", config.endpoint.trim_end_matches('/'))
             .parse::<http::Uri>()
             .map_err(|e| invalid(format!("{}: {e}", config.endpoint)))?;
@@ -227,45 +230,52 @@ impl RecordBatch for BulkBatch {
     }
 
     fn is_full(&self) -> bool {
-        false // the size hint (at most 100 MiB) bounds a bulk request
+        // The size hint counts record bytes; the action lines come on top.
+        self.body.len() + MAX_DOCUMENT > MAX_REQUEST
     }
 
-    fn deliver(self: Box<Self>) -> Vec<Undelivered> {
+    fn deliver(mut self: Box<Self>) -> Vec<Undelivered> {
+        let body = Bytes::from(std::mem::take(&mut self.body));
         let mut undelivered = Vec::new();
         let mut pending: Vec<usize> = (0..self.items.len()).collect();
         let mut clock = RetryClock::new(self.cluster.retry, jitter_seed(&self.id));
-        let mut last = None;
+        // Each pending document's last error: (code, message).
+        let mut last: Vec<Option<(String, String)>> = vec![None; self.items.len()];
         while !pending.is_empty() {
             clock.attempt();
             let mut retry = Vec::new();
-            match self.attempt(&pending) {
-                Ok(statuses) => {
-                    for (&i, (status, error)) in pending.iter().zip(statuses) {
-                        match status {
-                            200..=299 => {}
-                            429 | 500.. => {
-                                last = Some((status.to_string(), error));
-                                retry.push(i);
+            for request in self.requests(&pending) {
+                match self.attempt(&body, request) {
+                    Ok(statuses) => {
+                        for (&i, (status, error)) in request.iter().zip(statuses) {
+                            match status {
+                                200..=299 => {}
+                                429 | 500.. => {
+                                    last[i] = Some((status.to_string(), error));
+                                    retry.push(i);
+                                }
+                                _ => undelivered.push(self.undelivered(
+                                    i,
+                                    status.to_string(),
+                                    error,
+                                    clock.attempts,
+                                )),
                             }
-                            _ => undelivered.push(self.undelivered(
-                                i,
-                                status.to_string(),
-                                error,
-                                clock.attempts,
-                            )),
                         }
                     }
-                }
-                Err((code, message)) => {
-                    last = Some((code, message));
-                    retry = pending.clone();
+                    Err(why) => {
+                        for &i in request {
+                            last[i] = Some(why.clone());
+                        }
+                        retry.extend_from_slice(request);
+                    }
                 }
             }
             pending = retry;
-            if pending.is_empty() {
+            let Some(&first) = pending.first() else {
                 break;
-            }
-            if let Some((_, message)) = &last {
+            };
+            if let Some((_, message)) = &last[first] {
                 tracing::warn!(endpoint = %self.cluster.endpoint, batch = %self.id,
                     documents = pending.len(), attempt = clock.attempts, error = %message,
                     "OpenSearch did not index every document; retrying them");
@@ -275,9 +285,9 @@ impl RecordBatch for BulkBatch {
                 None => break,
             }
         }
-        let (code, message) = last.unwrap_or_default();
         for i in pending {
-            undelivered.push(self.undelivered(i, code.clone(), message.clone(), clock.attempts));
+            let (code, message) = last[i].take().unwrap_or_default();
+            undelivered.push(self.undelivered(i, code, message, clock.attempts));
         }
         undelivered.sort_by_key(|u| u.index);
         undelivered
@@ -323,18 +333,41 @@ impl BulkBatch {
         }
     }
 
-    /// One bulk request of the `pending` documents: each one's status and error, in order, or
-    /// why the request as a whole failed (error code, message).
-    fn attempt(&self, pending: &[usize]) -> Result<Vec<(u16, String)>, (String, String)> {
+    /// The `pending` documents in requests of at most [`MAX_REQUEST`] bytes (more than one only
+    /// when one log record's pieces took the batch past it).
+    fn requests<'p>(&self, pending: &'p [usize]) -> Vec<&'p [usize]> {
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (k, &i) in pending.iter().enumerate() {
+            let len = self.items[i].lines.len();
+            if k > start && bytes + len > MAX_REQUEST {
+                out.push(&pending[start..k]);
+                (start, bytes) = (k, 0);
+            }
+            bytes += len;
+        }
+        if start < pending.len() {
+            out.push(&pending[start..]);
+        }
+        out
+    }
+
+    /// One bulk request of the `pending` documents (of `body`, the batch's lines): each one's
+    /// status and error, in order, or why the request as a whole failed (error code, message).
+    fn attempt(
+        &self,
+        body: &Bytes,
+        pending: &[usize],
+    ) -> Result<Vec<(u16, String)>, (String, String)> {
         let c = &*self.cluster;
         let body = if pending.len() == self.items.len() {
-            self.body.clone()
+            body.clone() // the whole batch: no copy
         } else {
-            let mut body = Vec::new();
+            let mut part = Vec::new();
             for &i in pending {
-                body.extend_from_slice(&self.body[self.items[i].lines.clone()]);
+                part.extend_from_slice(&body[self.items[i].lines.clone()]);
             }
-            body
+            Bytes::from(part)
         };
         let request = self
             .request(body)
@@ -351,10 +384,13 @@ impl BulkBatch {
             ));
         }
         if response.status != http::StatusCode::OK {
-            let text = String::from_utf8_lossy(&response.body[..response.body.len().min(8192)]);
             return Err((
                 response.status.as_u16().to_string(),
-                format!("the bulk request failed with {}: {text}", response.status),
+                format!(
+                    "the bulk request failed with {}: {}",
+                    response.status,
+                    snippet(&response.body)
+                ),
             ));
         }
         let parsed: BulkResponse = serde_json::from_slice(&response.body).map_err(|e| {
@@ -387,7 +423,7 @@ impl BulkBatch {
             .collect())
     }
 
-    fn request(&self, body: Vec<u8>) -> Result<http::Request<Full<Bytes>>, String> {
+    fn request(&self, body: Bytes) -> Result<http::Request<Full<Bytes>>, String> {
         let c = &*self.cluster;
         let host = c
             .bulk
@@ -397,10 +433,7 @@ impl BulkBatch {
         let mut request = http::Request::post(c.bulk.clone())
             .header(http::header::HOST, &host)
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")
-            .header(
-                http::header::USER_AGENT,
-                concat!("spillway/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(http::header::USER_AGENT, USER_AGENT)
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         match &c.auth {
@@ -421,7 +454,7 @@ impl BulkBatch {
                 sign(&mut request, &body, &credentials, region, service)?;
             }
         }
-        *request.body_mut() = Full::new(Bytes::from(body));
+        *request.body_mut() = Full::new(body);
         Ok(request)
     }
 }
@@ -441,7 +474,12 @@ impl Cluster {
         if !fresh {
             let loaded = self
                 .runtime
-                .block_on(provider.provide_credentials())
+                .block_on(async {
+                    tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await
+                })
+                .map_err(|_| {
+                    format!("no AWS credentials for SigV4 within {CREDENTIALS_TIMEOUT:?}")
+                })?
                 .map_err(|e| format!("could not load AWS credentials for SigV4: {e}"))?;
             *cached = Some(loaded);
         }
@@ -579,6 +617,109 @@ mod tests {
                 week,
                 "{date}"
             );
+        }
+    }
+
+    fn batch() -> BulkBatch {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = HttpClient::new(runtime.handle().clone(), Duration::from_secs(1)).unwrap();
+        let handle = runtime.handle().clone();
+        std::mem::forget(runtime);
+        BulkBatch {
+            cluster: Arc::new(Cluster {
+                client,
+                runtime: handle,
+                bulk: "http://127.0.0.1:9/_bulk".parse().unwrap(),
+                endpoint: "http://127.0.0.1:9".into(),
+                index: "logs".into(),
+                type_name: None,
+                rotation: IndexRotation::OneDay,
+                ids: DocumentIdFormat::FirehoseDefault,
+                auth: Auth::None,
+                retry: Duration::ZERO,
+                tag: "tag".into(),
+            }),
+            shard: ShardId(1),
+            id: "batch".into(),
+            body: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    fn record(seq: u64, data: &[u8]) -> Record {
+        Record {
+            sequence: crate::log::SequenceNumber(seq),
+            sub: 2,
+            arrival_ms: ms("2024-02-29T07:08:09"),
+            data: Bytes::copy_from_slice(data),
+            keys: None,
+        }
+    }
+
+    #[test]
+    fn actions_name_index_and_stable_id_and_documents_stay_on_one_line() {
+        let mut b = batch();
+        b.push(&record(7, b"{\"a\":\n1}\n")).unwrap();
+        assert_eq!(
+            String::from_utf8(b.body.clone()).unwrap(),
+            "{\"index\":{\"_index\":\"logs-2024-02-29\",\"_id\":\"tag-1-7-2\"}}\n{\"a\": 1} \n"
+        );
+        let refused = b.push(&record(8, b"not json")).unwrap_err();
+        assert_eq!(refused.0.code, "OpenSearch.MalformedDocument");
+        assert_eq!(b.items.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_is_full_before_a_request_could_pass_100_mib_and_is_cut_if_it_does() {
+        let mut b = batch();
+        let doc = format!("{{\"v\":\"{}\"}}", "x".repeat(1 << 20));
+        let mut n = 0;
+        while !b.is_full() {
+            b.push(&record(n, doc.as_bytes())).unwrap();
+            n += 1;
+        }
+        assert!(
+            b.body.len() <= MAX_REQUEST && n >= 90,
+            "{} bytes, {n} documents",
+            b.body.len()
+        );
+        // Past the limit (one log record's many pieces), the batch goes in several requests.
+        for i in 0..20 {
+            b.push(&record(n + i, doc.as_bytes())).unwrap();
+        }
+        let pending: Vec<usize> = (0..b.items.len()).collect();
+        let requests = b.requests(&pending);
+        assert_eq!(requests.len(), 2);
+        for r in &requests {
+            let bytes: usize = r.iter().map(|&i| b.items[i].lines.len()).sum();
+            assert!(bytes <= MAX_REQUEST, "{bytes}");
+        }
+        assert_eq!(
+            requests.iter().map(|r| r.len()).sum::<usize>(),
+            b.items.len()
+        );
+    }
+
+    #[test]
+    fn an_unreachable_cluster_fails_each_document_with_its_own_place() {
+        let mut b = batch();
+        b.push(&record(1, b"{}")).unwrap();
+        b.push(&record(2, b"{}")).unwrap();
+        let failed = Box::new(b).deliver();
+        assert_eq!(failed.len(), 2);
+        assert_eq!(failed[0].failure.code, "OpenSearch.ConnectionFailed");
+        match &failed[1].detail {
+            ErrorDetail::OpenSearch {
+                document_id, index, ..
+            } => {
+                assert_eq!(document_id.as_deref(), Some("tag-1-2-2"));
+                assert_eq!(index, "logs-2024-02-29");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -12,6 +12,14 @@ use super::SinkError;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
+
+/// The start of a response body, as text, for error messages (Firehose keeps 8,192 characters).
+pub fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(8192)]).into_owned()
+}
+
 /// An HTTP client whose calls block the (pipeline) thread that makes them.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -23,6 +31,7 @@ pub struct HttpClient {
 /// A response, its body read up to the caller's limit.
 pub struct Response {
     pub status: http::StatusCode,
+    /// The body, when it was within the limit.
     pub body: Bytes,
     /// The body was longer than the limit (and `body` is empty).
     pub too_large: bool,
@@ -137,6 +146,7 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const LONGEST_WAIT: Duration = Duration::from_secs(120);
 
 impl RetryClock {
+    /// A clock of `budget` worth of waits; `seed` varies the jitter.
     pub fn new(budget: Duration, seed: u64) -> RetryClock {
         RetryClock {
             budget,
