@@ -1003,3 +1003,22 @@ def test_config_http_endpoint_yaml_runs_as_is(receivers, tmp_path):
     got = rcv.delivered().records
     assert sorted(got) == sorted(r + b"\n" for r in records), f"{len(got)} of {len(records)} delivered"
     assert daemon.lake_objects() == [], "failed_data_only and nothing failed: no objects"
+
+
+def test_one_log_record_of_more_than_10000_pieces_is_sent_as_several_requests(start, receiver):
+    """A batch closes only between log records, so one record that deaggregates into 25,000 goes
+    past the 10,000-record limit: it is sent as several requests within the limit, the first
+    with the batch's id, the others with ids derived from it (stable across retries)."""
+    pieces = [json.dumps({"piece": i}).encode() for i in range(25_000)]
+    daemon = start(http_config(receiver, buffering="{ size_mib: 64, interval_s: 60 }",
+                               processing=["deaggregate: { type: json, max_records: 100000 }"]))
+    put(daemon, STREAM, [b"".join(pieces)])
+    daemon.stop()
+
+    assert_no_violations(receiver)
+    d = receiver.delivered()
+    assert d.records == pieces, f"{len(d.records)} pieces delivered of {len(pieces)}, or out of order"
+    assert sorted(d.batch_sizes) == [5_000, 10_000, 10_000], d.batch_sizes
+    assert len(set(d.request_ids)) == 3 and d.duplicates == 0
+    for rid in d.request_ids:
+        uuid.UUID(rid)  # each is a GUID
