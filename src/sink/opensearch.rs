@@ -9,6 +9,7 @@
 //! unreadable answer) is retried for every pending document.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -138,6 +139,7 @@ impl RecordDestination for OpenSearch {
             id: id.to_string(),
             body: Vec::new(),
             items: Vec::new(),
+            index: None,
         })
     }
 
@@ -159,30 +161,37 @@ struct BulkBatch {
     /// Every document's action and source lines.
     body: Vec<u8>,
     items: Vec<Item>,
+    /// The index of the last document's arrival hour.
+    index: Option<(i64, Arc<str>)>,
 }
 
 /// A document of the batch: its lines in the body, and where it goes.
 struct Item {
     lines: std::ops::Range<usize>,
-    index: String,
-    id: Option<String>,
+    /// The index, shared by the documents of one hour (a suffix never changes within one).
+    index: Arc<str>,
+    sequence: u64,
+    sub: u32,
 }
 
 impl RecordBatch for BulkBatch {
     fn push(&mut self, record: &Record) -> Result<(), Box<(Failure, ErrorDetail)>> {
-        let c = &*self.cluster;
-        let index = format!(
-            "{}{}",
-            c.index,
-            rotation_suffix(c.rotation, record.arrival_ms)
-        );
-        let id = match c.ids {
-            DocumentIdFormat::FirehoseDefault => Some(format!(
-                "{}-{}-{}-{}",
-                c.tag, self.shard.0, record.sequence.0, record.sub
-            )),
-            DocumentIdFormat::NoDocumentId => None,
+        let hour = record.arrival_ms.div_euclid(3_600_000);
+        let index = match &self.index {
+            Some((h, index)) if *h == hour => Arc::clone(index),
+            _ => {
+                let c = &*self.cluster;
+                let name: Arc<str> = format!(
+                    "{}{}",
+                    c.index,
+                    rotation_suffix(c.rotation, record.arrival_ms)
+                )
+                .into();
+                self.index = Some((hour, Arc::clone(&name)));
+                name
+            }
         };
+        let (sequence, sub) = (record.sequence.0, record.sub);
         if let Err(why) = check_document(&record.data) {
             let failure = Failure {
                 output_type: OPENSEARCH_FAILED,
@@ -193,13 +202,10 @@ impl RecordBatch for BulkBatch {
                 attempts: 0,
                 plugin: None,
             };
-            let detail = ErrorDetail::OpenSearch {
-                document_id: id,
-                index,
-                type_name: c.type_name.clone().unwrap_or_default(),
-            };
+            let detail = self.detail(&index, sequence, sub);
             return Err(Box::new((failure, detail)));
         }
+        let c = &*self.cluster;
         let start = self.body.len();
         self.body.extend_from_slice(br#"{"index":{"_index":"#);
         push_json_string(&mut self.body, &index);
@@ -207,9 +213,11 @@ impl RecordBatch for BulkBatch {
             self.body.extend_from_slice(br#","_type":"#);
             push_json_string(&mut self.body, t);
         }
-        if let Some(id) = &id {
-            self.body.extend_from_slice(br#","_id":"#);
-            push_json_string(&mut self.body, id);
+        if c.ids == DocumentIdFormat::FirehoseDefault {
+            // The id is ASCII (hex tag and numbers): no escaping needed.
+            self.body.extend_from_slice(br#","_id":""#);
+            let _ = write!(self.body, "{}-{}-{sequence}-{sub}", c.tag, self.shard.0);
+            self.body.push(b'"');
         }
         self.body.extend_from_slice(b"}}\n");
         // Newlines in valid JSON are whitespace: spaces keep the document on its line.
@@ -224,7 +232,8 @@ impl RecordBatch for BulkBatch {
         self.items.push(Item {
             lines: start..self.body.len(),
             index,
-            id,
+            sequence,
+            sub,
         });
         Ok(())
     }
@@ -294,10 +303,25 @@ impl RecordBatch for BulkBatch {
     }
 }
 
-/// A bulk response, as far as it is read.
+/// A bulk response, as far as it is read when `errors` is false: every item succeeded, so only
+/// their number is checked.
+#[derive(Deserialize)]
+struct BulkSummary {
+    errors: bool,
+    items: Vec<serde::de::IgnoredAny>,
+}
+
+/// A bulk response with failures, item by item.
 #[derive(Deserialize)]
 struct BulkResponse {
-    items: Vec<std::collections::HashMap<String, BulkItem>>,
+    items: Vec<BulkEntry>,
+}
+
+/// One item: `{"index": {...}}` (or another action's name).
+#[derive(Deserialize)]
+struct BulkEntry {
+    #[serde(alias = "create", alias = "update", alias = "delete")]
+    index: BulkItem,
 }
 
 #[derive(Deserialize)]
@@ -325,11 +349,18 @@ impl BulkBatch {
                 attempts,
                 plugin: None,
             },
-            detail: ErrorDetail::OpenSearch {
-                document_id: item.id.clone(),
-                index: item.index.clone(),
-                type_name: self.cluster.type_name.clone().unwrap_or_default(),
-            },
+            detail: self.detail(&item.index, item.sequence, item.sub),
+        }
+    }
+
+    /// The error document's fields of the record at (`sequence`, `sub`) bound for `index`.
+    fn detail(&self, index: &str, sequence: u64, sub: u32) -> ErrorDetail {
+        let c = &*self.cluster;
+        ErrorDetail::OpenSearch {
+            document_id: (c.ids == DocumentIdFormat::FirehoseDefault)
+                .then(|| format!("{}-{}-{sequence}-{sub}", c.tag, self.shard.0)),
+            index: index.to_string(),
+            type_name: c.type_name.clone().unwrap_or_default(),
         }
     }
 
@@ -393,32 +424,33 @@ impl BulkBatch {
                 ),
             ));
         }
-        let parsed: BulkResponse = serde_json::from_slice(&response.body).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             (
                 "OpenSearch.InvalidResponse".to_string(),
                 format!("the bulk response is not valid: {e}"),
             )
-        })?;
-        if parsed.items.len() != pending.len() {
+        };
+        let summary: BulkSummary = serde_json::from_slice(&response.body).map_err(invalid)?;
+        if summary.items.len() != pending.len() {
             return Err((
                 "OpenSearch.InvalidResponse".into(),
                 format!(
                     "the bulk response has {} items for {} documents",
-                    parsed.items.len(),
+                    summary.items.len(),
                     pending.len()
                 ),
             ));
         }
+        if !summary.errors {
+            return Ok(vec![(200, String::new()); pending.len()]);
+        }
+        let parsed: BulkResponse = serde_json::from_slice(&response.body).map_err(invalid)?;
         Ok(parsed
             .items
             .into_iter()
-            .map(|mut item| {
-                let (status, error) =
-                    match item.remove("index").or_else(|| item.into_values().next()) {
-                        Some(i) => (i.status, i.error.map(|e| e.to_string()).unwrap_or_default()),
-                        None => (500, "the bulk response's item is empty".into()),
-                    };
-                (status, error)
+            .map(|item| {
+                let error = item.index.error.map(|e| e.to_string()).unwrap_or_default();
+                (item.index.status, error)
             })
             .collect())
     }
@@ -647,6 +679,7 @@ mod tests {
             id: "batch".into(),
             body: Vec::new(),
             items: Vec::new(),
+            index: None,
         }
     }
 
