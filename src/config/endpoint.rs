@@ -33,6 +33,10 @@ pub struct HttpEndpointDestination {
     pub content_encoding: ContentEncoding,
     #[serde(default)]
     pub buffering: EndpointBuffering<64>,
+    /// A PEM file of certificate authorities to trust besides the system's (a private CA or a
+    /// self-signed endpoint); relative to the configuration file.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// How long a response is awaited (Firehose: 3 minutes).
     #[serde(
         default = "default_http_timeout_s",
@@ -85,6 +89,10 @@ pub struct OpenSearchDestination {
     pub document_id: DocumentIdFormat,
     #[serde(default)]
     pub buffering: EndpointBuffering<100>,
+    /// A PEM file of certificate authorities to trust besides the system's; relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     #[serde(
         default = "default_bulk_timeout_s",
         deserialize_with = "in_range::<_, 1, 3600>"

@@ -776,6 +776,16 @@ impl Config {
                     })?;
                 }
             }
+            let ca_file = match &mut ds.destination {
+                Destination::S3(_) => None,
+                Destination::HttpEndpoint(h) => h.ca_file.as_mut(),
+                Destination::OpenSearch(o) => o.ca_file.as_mut(),
+            };
+            if let Some(path) = ca_file {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
             let s3 = ds.destination.s3_mut();
             if let Some(fc) = &mut s3.format_conversion {
                 fc.load_schema_file(base)?;

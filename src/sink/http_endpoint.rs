@@ -99,7 +99,11 @@ impl HttpEndpoint {
             .transpose()?;
         Ok(HttpEndpoint {
             inner: Arc::new(Endpoint {
-                client: HttpClient::new(runtime, Duration::from_secs(config.request_timeout_s))?,
+                client: HttpClient::new(
+                    runtime,
+                    Duration::from_secs(config.request_timeout_s),
+                    config.ca_file.as_deref(),
+                )?,
                 uri,
                 url: config.url.clone(),
                 source_arn: format!("arn:aws:firehose:local:000000000000:deliverystream/{stream}"),
@@ -471,7 +475,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let client = HttpClient::new(runtime.handle().clone(), Duration::from_secs(1)).unwrap();
+        let client =
+            HttpClient::new(runtime.handle().clone(), Duration::from_secs(1), None).unwrap();
         std::mem::forget(runtime);
         HttpBatch {
             endpoint: Arc::new(Endpoint {

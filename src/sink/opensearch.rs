@@ -115,6 +115,7 @@ impl OpenSearch {
                 client: HttpClient::new(
                     runtime.clone(),
                     Duration::from_secs(config.request_timeout_s),
+                    config.ca_file.as_deref(),
                 )?,
                 runtime,
                 bulk,
@@ -658,7 +659,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let client = HttpClient::new(runtime.handle().clone(), Duration::from_secs(1)).unwrap();
+        let client =
+            HttpClient::new(runtime.handle().clone(), Duration::from_secs(1), None).unwrap();
         let handle = runtime.handle().clone();
         std::mem::forget(runtime);
         BulkBatch {

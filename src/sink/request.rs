@@ -1,12 +1,15 @@
 //! What the request-based destinations share: a blocking HTTP/1.1 client over the daemon's tokio
 //! runtime (rustls with the system's roots for `https://`), and Firehose's retry clock.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::SinkError;
 
@@ -49,26 +52,46 @@ pub enum RequestError {
 }
 
 impl HttpClient {
-    /// A client that waits at most `timeout` for each response (headers and body).
+    /// A client that waits at most `timeout` for each response (headers and body), and trusts
+    /// the system's certificate authorities plus those in the PEM file `ca_file`.
     pub fn new(
         runtime: tokio::runtime::Handle,
         timeout: Duration,
+        ca_file: Option<&Path>,
     ) -> Result<HttpClient, SinkError> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new();
-        // Without system roots only http:// works; an https:// request then fails to connect
-        // with an error that says so, instead of the daemon refusing to start.
-        let https = match https.with_native_roots() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system CA certificates: https:// destinations will fail");
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = ca_file {
+            let setup =
+                |why: String| SinkError::Setup(format!("ca_file {}: {why}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
+            let mut n = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| setup(format!("not a PEM certificate: {e:?}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| setup(format!("not a CA certificate: {e}")))?;
+                n += 1;
             }
-        };
-        let connector = https.https_or_http().enable_http1().build();
+            if n == 0 {
+                return Err(setup("holds no certificate".into()));
+            }
+        } else if added == 0 {
+            // Only http:// works then; an https:// request fails to connect with an error that
+            // says why, instead of the daemon refusing to start.
+            tracing::warn!(
+                "no system CA certificates: https:// destinations will fail without ca_file"
+            );
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let _guard = runtime.enter();
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(50))

@@ -63,6 +63,7 @@ import http.server
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -334,13 +335,15 @@ class FirehoseReceiver:
 
     def __init__(self, *, stream: str = "events", path: str = "/", access_key: str | None = None,
                  common_attributes: dict[str, str] | None = None, gzip: bool = False,
-                 user_agent: str | re.Pattern = USER_AGENT, port: int = 0):
+                 user_agent: str | re.Pattern = USER_AGENT, port: int = 0,
+                 ssl_context: "ssl.SSLContext | None" = None):
         self.stream = stream
         self.path = path
         self.access_key = access_key
         self.common_attributes = common_attributes
         self.gzip = gzip
         self.user_agent = user_agent
+        self.ssl_context = ssl_context  # serve HTTPS with it (url then starts with https://)
         self.default: Action = ok()
         self.responder: Callable[[Attempt], Action | None] | None = None
         self._script: list[Action] = []
@@ -359,6 +362,8 @@ class FirehoseReceiver:
         assert self._server is None, "receiver already running"
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self.port), _Handler, self)
+        if self.ssl_context is not None:
+            self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"firehose-receiver-{self.port}", daemon=True)
@@ -389,7 +394,8 @@ class FirehoseReceiver:
     @property
     def url(self) -> str:
         assert self.port, "start() the receiver first"
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     @property
     def source_arn(self) -> str:

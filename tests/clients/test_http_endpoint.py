@@ -1022,3 +1022,39 @@ def test_one_log_record_of_more_than_10000_pieces_is_sent_as_several_requests(st
     assert len(set(d.request_ids)) == 3 and d.duplicates == 0
     for rid in d.request_ids:
         uuid.UUID(rid)  # each is a GUID
+
+
+def test_https_with_a_private_certificate_authority(start, receivers, tmp_path):
+    """HTTPS (rustls): an endpoint whose certificate is signed by the CA in `ca_file` gets every
+    record; the same endpoint without `ca_file` is refused at the TLS handshake (unknown issuer),
+    and its records become error documents after the retries."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    trusted = receivers(stream="trusted", ssl_context=context)
+    untrusted = receivers(stream="untrusted", ssl_context=context)
+    assert trusted.url.startswith("https://")
+    daemon = start(config_yaml(
+        http_stream(trusted, extra=[f"ca_file: {json.dumps(str(ca_file))}"]),
+        http_stream(untrusted, retry_s=0)))
+    records = [json.dumps({"tls": i}).encode() for i in range(50)]
+    put(daemon, "trusted", records)
+    put(daemon, "untrusted", records)
+    trusted.wait_records(len(records), WAIT_S, stderr_of(daemon))
+    wait_until(lambda: count_error_docs(daemon, stream="untrusted") >= len(records), WAIT_S,
+               "error documents of the untrusted endpoint")
+    daemon.stop()
+
+    assert_no_violations(trusted)
+    assert trusted.delivered().records == records
+    assert untrusted.attempts() == [], "a request went through without a trusted certificate"
+    docs = http_error_docs(daemon, stream="untrusted")
+    assert sorted(raw(d) for d in docs) == sorted(records)
+    assert {d["errorCode"] for d in docs} == {"HttpEndpoint.ConnectionFailed"}, docs[0]
+    assert "certificate" in docs[0]["errorMessage"].lower(), docs[0]["errorMessage"]
