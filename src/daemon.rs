@@ -211,7 +211,7 @@ async fn destination(
         }
     };
     let backup = if ds.destination.backs_up_all() {
-        Some(Arc::new(backup_settings(ds, instance, data_dir)?))
+        Some(Arc::new(backup_settings(ds, instance)?))
     } else {
         None
     };
@@ -349,7 +349,7 @@ pub fn delivery_settings(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<DeliverySettings> {
     let s3 = ds.destination.s3();
-    let mut settings = s3_settings(ds, s3, instance, data_dir)?;
+    let mut settings = s3_settings(ds, s3, instance, Some(data_dir))?;
     settings.hints = ds.destination.hints();
     Ok(settings)
 }
@@ -360,17 +360,11 @@ pub fn delivery_settings(
 /// consumer of its own, so the copy is exactly-once and buffered by the section's own hints
 /// whatever the destination does; and since it runs no processors it cannot fail a record (or
 /// fail it differently from the stream's own pipeline, as a plugin's deadline could).
-fn backup_settings(
-    ds: &DeliveryStreamConfig,
-    instance: &str,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<DeliverySettings> {
+fn backup_settings(ds: &DeliveryStreamConfig, instance: &str) -> anyhow::Result<DeliverySettings> {
     let s3 = ds.destination.s3();
-    let mut settings = s3_settings(ds, s3, instance, data_dir)?;
+    let mut settings = s3_settings(ds, s3, instance, None)?;
     settings.consumer = format!("{}+backup", ds.name);
     settings.errors.consumer = settings.consumer.clone();
-    settings.processors = Processors::default();
-    settings.transforms = Transforms::default();
     settings.skip_failures = true;
     settings.routing = crate::fs::md5_hex(
         format!(
@@ -384,12 +378,21 @@ fn backup_settings(
     Ok(settings)
 }
 
+/// The settings of delivering into `s3`; with processors and plugins (their compiled modules
+/// cached under `data_dir/plugins`) when `data_dir` is given, else records as they arrived.
 fn s3_settings(
     ds: &DeliveryStreamConfig,
     s3: &S3Destination,
     instance: &str,
-    data_dir: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<DeliverySettings> {
+    let (processors, transforms) = match data_dir {
+        Some(dir) => (
+            Processors::from_config(&ds.processing),
+            Transforms::load(&ds.processing, Some(&dir.join("plugins")))?,
+        ),
+        None => (Processors::default(), Transforms::default()),
+    };
     Ok(DeliverySettings {
         instance: instance.to_string(),
         name: ds.name.to_string(),
@@ -424,8 +427,8 @@ fn s3_settings(
             .map(|fc| fc.settings())
             .transpose()
             .map_err(anyhow::Error::msg)?,
-        processors: Processors::from_config(&ds.processing),
-        transforms: Transforms::load(&ds.processing, Some(&data_dir.join("plugins")))?,
+        processors,
+        transforms,
         partitioner: s3.partitioning().map(|_| {
             Partitioner::new(
                 s3.prefix.clone(),

@@ -383,3 +383,133 @@ fn common_attributes<'de, D: Deserializer<'de>>(
     }
     d.deserialize_map(Visitor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Destination};
+
+    fn http(fields: &str) -> Result<Config, String> {
+        let text = format!(
+            "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: {{ direct_put: {{}} }}\n    destination:\n      http_endpoint:\n        url: http://127.0.0.1:8080/in\n        s3: {{ url: 'file://./lake' }}\n{fields}"
+        );
+        Config::parse_relative_to(&text, "t.yaml", std::path::Path::new("/etc/spillway"))
+            .map_err(|e| e.to_string())
+    }
+
+    fn opensearch(fields: &str) -> Result<Config, String> {
+        let text = format!(
+            "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: {{ direct_put: {{}} }}\n    destination:\n      opensearch:\n        s3: {{ url: 'file://./lake' }}\n{fields}"
+        );
+        Config::parse(&text, "t.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn http_endpoint_defaults_are_firehose_s() {
+        let c = http("        ca_file: ca.pem\n").unwrap();
+        let Destination::HttpEndpoint(h) = &c.delivery_streams[0].destination else {
+            panic!("not an http endpoint")
+        };
+        assert_eq!((h.buffering.size_mib, h.buffering.interval_s), (5, 300));
+        assert_eq!((h.request_timeout_s, h.retry.duration_s), (180, 300));
+        assert_eq!(h.s3_backup_mode, super::HttpBackupMode::FailedDataOnly);
+        assert_eq!(h.content_encoding, super::ContentEncoding::None);
+        assert_eq!(
+            h.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/spillway/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn http_endpoint_limits_are_enforced_at_their_edges() {
+        assert!(http("        buffering: { size_mib: 64, interval_s: 0 }\n").is_ok());
+        let e = http("        buffering: { size_mib: 65 }\n").unwrap_err();
+        assert!(
+            e.contains("t.yaml:9:") && e.contains("http_endpoint.buffering.size_mib"),
+            "{e}"
+        );
+        assert!(http("        retry: { duration_s: 7200 }\n").is_ok());
+        assert!(http("        retry: { duration_s: 7201 }\n").is_err());
+        let attrs = |n: usize| {
+            let pairs: Vec<String> = (0..n).map(|i| format!("a{i}: v")).collect();
+            format!("        common_attributes: {{ {} }}\n", pairs.join(", "))
+        };
+        assert!(http(&attrs(50)).is_ok());
+        let e = http(&attrs(51)).unwrap_err();
+        assert!(e.contains("at most 50 common attributes"), "{e}");
+        assert!(http(&format!("        access_key: {}\n", "k".repeat(4096))).is_ok());
+        assert!(http(&format!("        access_key: {}\n", "k".repeat(4097))).is_err());
+        let e = http("        access_key: \"a\\nb\"\n").unwrap_err();
+        assert!(e.contains("printable ASCII"), "{e}");
+        let e = http("        name: ''\n").unwrap_err();
+        assert!(e.contains("http_endpoint.name"), "{e}");
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host_and_no_user_info() {
+        for (url, why) in [
+            ("ftp://h/x", "must start with"),
+            ("https:///x", "has no host"),
+            ("https://user:pw@h/x", "user info"),
+        ] {
+            let text = format!(
+                "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: {{ direct_put: {{}} }}\n    destination:\n      http_endpoint: {{ url: '{url}', s3: {{ url: 'file://./l' }} }}\n"
+            );
+            let e = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("http_endpoint.url"),
+                "{url}: {e}"
+            );
+        }
+        let long = format!("https://h/{}", "x".repeat(990));
+        assert_eq!(long.len(), 1000);
+        let text = format!(
+            "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: {{ direct_put: {{}} }}\n    destination:\n      http_endpoint: {{ url: '{long}', s3: {{ url: 'file://./l' }} }}\n"
+        );
+        assert!(Config::parse(&text, "t").is_ok());
+        let text = text.replace(&long, &format!("{long}x"));
+        assert!(Config::parse(&text, "t").is_err());
+    }
+
+    #[test]
+    fn opensearch_index_names_and_endpoints_are_checked() {
+        let ok = |index: &str| {
+            opensearch(&format!(
+                "        endpoint: http://h:9200\n        index: '{index}'\n"
+            ))
+        };
+        assert!(ok(&"a".repeat(80)).is_ok());
+        assert!(ok(&"a".repeat(81)).unwrap_err().contains("1 to 80"));
+        for bad in ["Logs", "_logs", "a b", "a*b", "a/b"] {
+            let e = ok(bad).unwrap_err();
+            assert!(
+                e.contains("opensearch.index") && e.contains("not a valid index name"),
+                "{bad}: {e}"
+            );
+        }
+        let e =
+            opensearch("        endpoint: http://h:9200/?x=1\n        index: logs\n").unwrap_err();
+        assert!(e.contains("query or fragment"), "{e}");
+        let c = opensearch("        endpoint: https://h/prefix\n        index: logs\n").unwrap();
+        let Destination::OpenSearch(o) = &c.delivery_streams[0].destination else {
+            panic!("not opensearch")
+        };
+        assert_eq!(o.index_rotation, super::IndexRotation::OneDay);
+        assert_eq!(o.document_id, super::DocumentIdFormat::FirehoseDefault);
+        assert_eq!((o.buffering.size_mib, o.retry.duration_s), (5, 300));
+        assert!(opensearch(
+            "        endpoint: http://h\n        index: l\n        buffering: { size_mib: 101 }\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn the_backup_section_refuses_what_only_a_lake_has() {
+        let text = "data_dir: ./d\ndelivery_streams:\n  - name: s\n    source: { direct_put: {} }\n    destination:\n      http_endpoint:\n        url: http://h/\n        s3:\n          url: 'file://./l'\n          prefix: 'p/!{partitionKeyFromQuery:k}/'\n          error_output_prefix: 'e/!{firehose:error-output-type}/'\n          dynamic_partitioning: { enabled: true }\n";
+        let e = Config::parse(text, "t").unwrap_err().to_string();
+        assert!(
+            e.contains("http_endpoint.s3.dynamic_partitioning")
+                && e.contains("only available with the s3 destination"),
+            "{e}"
+        );
+    }
+}
