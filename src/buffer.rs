@@ -430,12 +430,30 @@ fn deliver(
         records = failed.len(),
         "records not delivered go to the error output"
     );
-    let mut writer = errors.create(store, key)?;
-    for (record, failure, detail) in failed {
-        writer.push_detailed(record, failure, detail)?;
+    // The batch's outcome is known now: a failed write is retried here rather than by a replay,
+    // which would send the batch again (a store that stays down still ends in a replay).
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let written = errors.create(store, key).and_then(|mut writer| {
+            for (record, failure, detail) in &failed {
+                writer.push_detailed(record, failure, detail)?;
+            }
+            writer.commit()
+        });
+        match written {
+            Err(e) if !e.is_permanent() && wait <= ERROR_WRITE_PATIENCE => {
+                tracing::warn!(key, error = %e, retry_in_s = wait.as_secs(),
+                    "could not write the error object of a delivered batch; retrying");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            written => return written,
+        }
     }
-    writer.commit()
 }
+
+/// Longest wait between two tries of a batch's error object (1 s doubling: six tries in ~1 min).
+const ERROR_WRITE_PATIENCE: Duration = Duration::from_secs(32);
 
 /// Passes writes to the object, keeping the store's error when one fails (the format writers report
 /// it wrapped in their own error type, which would lose whether it is permanent).
