@@ -20,7 +20,10 @@ from the lake directory.
   failed_data_only (only error documents; retry duration 0 = one attempt);
 - `spillway validate` refusing out-of-range or inconsistent http_endpoint settings, accepting the
   boundaries;
-- DescribeDeliveryStream's HttpEndpointDestinationDescription (and no access key in it).
+- DescribeDeliveryStream's HttpEndpointDestinationDescription (and no access key in it);
+- one log record deaggregated into 25,000 pieces: three requests within the 10,000-record limit;
+- HTTPS behind a throwaway CA (trustme): delivered with `ca_file`, refused at the handshake
+  without it; and config/http_endpoint.yaml run as-is;
 - and, without a daemon, the receiver's own verdicts on good and bad requests and its faults.
 
 The generated data is seeded at random per run (printed on failure); set SPILLWAY_TEST_SEED to
