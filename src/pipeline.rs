@@ -509,67 +509,80 @@ impl<'a> Run<'a> {
         mut failure: Option<Failure>,
         full: &mut Vec<String>,
     ) -> Result<(), PipelineError> {
-        if !self.slots.contains_key(&*partition) {
-            let mut keys = None;
-            if let (true, Some(partitioner)) = (keyed, &self.settings.partitioner) {
-                // The record's keys, again (a pure function of it), now that they are needed.
-                let lambda = record.keys.as_deref().unwrap_or(&[]);
-                let refused = match partitioner.route(&record.data, lambda) {
+        // One lookup for a record of an open partition, the common case.
+        if let Some(slot) = self.slots.get_mut(&*partition) {
+            let pushed = push_to(slot, record, failure.as_ref(), &self.settings.hints);
+            return self.pushed(pushed, partition, record, full);
+        }
+        let mut keys = None;
+        if let (true, Some(partitioner)) = (keyed, &self.settings.partitioner) {
+            // The record's keys, again (a pure function of it), now that they are needed.
+            let lambda = record.keys.as_deref().unwrap_or(&[]);
+            let refused = match partitioner.route(&record.data, lambda) {
+                Err(f) => Some(f),
+                Ok(_) if self.active >= self.settings.max_active_partitions => Some(Failure {
+                    output_type: ACTIVE_PARTITION_EXCEEDED,
+                    code: "DynamicPartitioning.ActivePartitionExceeded".into(),
+                    message: format!(
+                        "more than {} partitions are active in shard {}; the record's partition {partition} is not opened",
+                        self.settings.max_active_partitions,
+                        self.p.shard.id(),
+                    ),
+                    attempts: 1,
+                    plugin: None,
+                }),
+                Ok(k) => match partitioner.check(&k) {
                     Err(f) => Some(f),
-                    Ok(_) if self.active >= self.settings.max_active_partitions => Some(Failure {
-                        output_type: ACTIVE_PARTITION_EXCEEDED,
-                        code: "DynamicPartitioning.ActivePartitionExceeded".into(),
-                        message: format!(
-                            "more than {} partitions are active in shard {}; the record's partition {partition} is not opened",
-                            self.settings.max_active_partitions,
-                            self.p.shard.id(),
-                        ),
-                        attempts: 1,
-                        plugin: None,
-                    }),
-                    Ok(k) => match partitioner.check(&k) {
-                        Err(f) => Some(f),
-                        Ok(()) => {
-                            keys = Some(k);
-                            None
-                        }
-                    },
-                };
-                if let Some(f) = refused {
-                    partition = Cow::Owned(error_partition(f.output_type));
-                    failure = Some(f);
-                }
-            }
-            if !self.slots.contains_key(&*partition) {
-                self.open(&partition, keys.as_ref(), record, failure.as_ref())?;
+                    Ok(()) => {
+                        keys = Some(k);
+                        None
+                    }
+                },
+            };
+            if let Some(f) = refused {
+                partition = Cow::Owned(error_partition(f.output_type));
+                failure = Some(f);
             }
         }
-        let Some(Slot::Open { buffer, replaying }) = self.slots.get_mut(&*partition) else {
-            return Ok(()); // a ghost: the record is in a delivered object
+        if !self.slots.contains_key(&*partition) {
+            self.open(&partition, keys.as_ref(), record, failure.as_ref())?;
+        }
+        let Some(slot) = self.slots.get_mut(&*partition) else {
+            unreachable!("the partition's slot was just opened");
         };
-        match buffer.push(record, failure.as_ref()) {
-            Ok(()) => {
-                if !*replaying
-                    && buffer.is_full(&self.settings.hints)
-                    && !full.iter().any(|p| *p == *partition)
-                {
+        let pushed = push_to(slot, record, failure.as_ref(), &self.settings.hints);
+        self.pushed(pushed, partition, record, full)
+    }
+
+    /// Acts on what pushing `record` into `partition`'s slot did.
+    fn pushed(
+        &mut self,
+        pushed: Pushed,
+        partition: Cow<'_, str>,
+        record: &Record,
+        full: &mut Vec<String>,
+    ) -> Result<(), PipelineError> {
+        match pushed {
+            Pushed::Taken => Ok(()),
+            Pushed::Full => {
+                if !full.iter().any(|p| *p == *partition) {
                     full.push(partition.into_owned());
                 }
                 Ok(())
             }
-            Err(e)
-                if e.is_permanent()
-                    && !is_error_partition(&partition)
-                    && !buffer.holds_errors() =>
-            {
-                let (first, last) = (buffer.first.0, record.sequence.0);
-                let keys = vec![buffer.key().to_string()];
+            Pushed::Refused {
+                first,
+                key,
+                error,
+                divertible,
+            } if divertible && !is_error_partition(&partition) => {
+                let last = record.sequence.0;
                 // While replaying, the partition stays active until the replay's end, as it
                 // was in the run being replayed (its later records go to the error object too).
                 let closed_at = (last + 1).max(self.replay_end);
-                self.divert(&partition, first, last, closed_at, keys, e)
+                self.divert(&partition, first, last, closed_at, vec![key], error)
             }
-            Err(e) => Err(e.into()),
+            Pushed::Refused { error, .. } => Err(error.into()),
         }
     }
 
@@ -936,6 +949,44 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// What pushing a record into a slot did.
+enum Pushed {
+    /// Taken (or skipped: the slot is a ghost over a delivered object).
+    Taken,
+    /// Taken, and the object is now full (by its size hint, or its destination's limits).
+    Full,
+    /// The store refused the object's write; `divertible`: for good, and the object holds
+    /// records (not error documents), so its records can go to the error output instead.
+    Refused {
+        first: u64,
+        key: String,
+        error: SinkError,
+        divertible: bool,
+    },
+}
+
+/// Pushes `record` (with its `failure`, in an error object) into `slot`.
+fn push_to(
+    slot: &mut Slot,
+    record: &Record,
+    failure: Option<&Failure>,
+    hints: &BufferingHints,
+) -> Pushed {
+    let Slot::Open { buffer, replaying } = slot else {
+        return Pushed::Taken; // a ghost: the record is in a delivered object
+    };
+    match buffer.push(record, failure) {
+        Ok(()) if !*replaying && buffer.is_full(hints) => Pushed::Full,
+        Ok(()) => Pushed::Taken,
+        Err(error) => Pushed::Refused {
+            first: buffer.first.0,
+            key: buffer.key().to_string(),
+            divertible: error.is_permanent() && !buffer.holds_errors(),
+            error,
+        },
     }
 }
 
