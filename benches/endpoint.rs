@@ -68,10 +68,17 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
+/// What a receiver took: request body bytes (inflated) and records.
+#[derive(Default)]
+struct Seen {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
 /// Answers Firehose requests: reads (and inflates) the body, echoes the request id.
 async fn firehose(
     req: hyper::Request<hyper::body::Incoming>,
-    seen: Arc<AtomicU64>,
+    seen: Arc<Seen>,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let gzip = req.headers().get("content-encoding").is_some();
     let body = req.into_body().collect().await?.to_bytes();
@@ -84,7 +91,9 @@ async fn firehose(
     } else {
         body.to_vec()
     };
-    seen.fetch_add(text.len() as u64, Ordering::Relaxed);
+    seen.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+    let records = memchr::memmem::find_iter(&text, br#"{"data":""#).count();
+    seen.records.fetch_add(records as u64, Ordering::Relaxed);
     // {"requestId":"<36>",...
     let id = std::str::from_utf8(&text[14..50]).unwrap().to_string();
     let answer = format!(r#"{{"requestId":"{id}","timestamp":1}}"#);
@@ -94,11 +103,12 @@ async fn firehose(
 /// Answers `_bulk`: one created item per action line.
 async fn bulk(
     req: hyper::Request<hyper::body::Incoming>,
-    seen: Arc<AtomicU64>,
+    seen: Arc<Seen>,
 ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
     let body = req.into_body().collect().await?.to_bytes();
-    seen.fetch_add(body.len() as u64, Ordering::Relaxed);
+    seen.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
     let docs = memchr::memchr_iter(b'\n', &body).count() / 2;
+    seen.records.fetch_add(docs as u64, Ordering::Relaxed);
     let mut answer = String::with_capacity(docs * 40 + 40);
     answer.push_str(r#"{"took":1,"errors":false,"items":["#);
     for i in 0..docs {
@@ -111,7 +121,7 @@ async fn bulk(
     Ok(hyper::Response::new(Full::new(Bytes::from(answer))))
 }
 
-fn serve(runtime: &tokio::runtime::Runtime, is_bulk: bool, seen: Arc<AtomicU64>) -> SocketAddr {
+fn serve(runtime: &tokio::runtime::Runtime, is_bulk: bool, seen: Arc<Seen>) -> SocketAddr {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -165,7 +175,7 @@ fn main() {
     println!("| destination | records/s | MB/s (records) | MB/s (request bodies) | peak RSS MiB |");
     println!("|---|---|---|---|---|");
     for v in variants().into_iter().filter(|v| v.label.contains(&only)) {
-        let seen = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Seen::default());
         let addr = serve(&runtime, v.bulk, Arc::clone(&seen));
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
@@ -213,7 +223,19 @@ fn main() {
         .run();
         let took = started.elapsed().as_secs_f64();
         shard.close();
-        let sent = seen.load(Ordering::Relaxed) as f64;
+        // A figure counts only if every record reached the receiver and none went to the error
+        // output (whose objects would be in the lake).
+        let delivered = seen.records.load(Ordering::Relaxed);
+        assert_eq!(delivered, n as u64, "{}: records received", v.label);
+        let errors = std::fs::read_dir(dir.path().join("lake"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(errors, 0, "{}: the lake holds error objects", v.label);
+        let sent = seen.bytes.load(Ordering::Relaxed) as f64;
         println!(
             "| {} | {:.0} | {:.1} | {:.1} | {:.0} |",
             v.label,

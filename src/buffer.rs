@@ -259,7 +259,7 @@ impl ObjectBuffer {
             } else {
                 "DataFormatConversion.SchemaMismatch".into()
             },
-            message: error.to_string(),
+            message: error.to_string().into(),
             attempts: 1,
             plugin: None,
         };

@@ -36,7 +36,9 @@ pub struct Failure {
     pub output_type: &'static str,
     /// Firehose-style code, e.g. `S3.InvalidArgument`.
     pub code: String,
-    pub message: String,
+    /// What went wrong; shared, as one failure often stands for many records (every document
+    /// of a request the destination refused).
+    pub message: std::sync::Arc<str>,
     pub attempts: u32,
     /// The transformation plugin that failed the record, written as the document's `lambdaArn`
     /// (Firehose's field for the function) in the form `wasm:<module path>#<function>`.
@@ -67,6 +69,8 @@ pub enum ErrorDetail {
         document_id: Option<String>,
         index: String,
         type_name: String,
+        /// OpenSearch Serverless: the document names `osDocumentId` and `osIndexName` instead.
+        serverless: bool,
     },
 }
 
@@ -91,10 +95,24 @@ struct OpenSearchErrorDocument<'a> {
     error_code: &'a str,
     error_message: &'a str,
     attempt_ending_timestamp: i64,
-    es_document_id: Option<&'a str>,
-    es_index_name: &'a str,
-    es_type_name: &'a str,
+    #[serde(flatten)]
+    target: IndexTarget<'a>,
     raw_data: String,
+}
+
+/// Where the document was to go, in a domain's or a Serverless collection's field names.
+#[derive(Serialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+enum IndexTarget<'a> {
+    Domain {
+        es_document_id: Option<&'a str>,
+        es_index_name: &'a str,
+        es_type_name: &'a str,
+    },
+    Serverless {
+        os_document_id: Option<&'a str>,
+        os_index_name: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -250,7 +268,7 @@ impl ErrorWriter {
     ) -> Result<(), SinkError> {
         self.line.clear();
         let raw_data = base64_simd::STANDARD.encode_to_string(&record.data);
-        let (code, message) = (failure.code.as_str(), failure.message.as_str());
+        let (code, message) = (failure.code.as_str(), &*failure.message);
         let written = match detail {
             ErrorDetail::HttpEndpoint { data_id } => serde_json::to_writer(
                 &mut self.line,
@@ -269,6 +287,7 @@ impl ErrorWriter {
                 document_id,
                 index,
                 type_name,
+                serverless,
             } => serde_json::to_writer(
                 &mut self.line,
                 &OpenSearchErrorDocument {
@@ -277,9 +296,17 @@ impl ErrorWriter {
                     error_code: code,
                     error_message: message,
                     attempt_ending_timestamp: now_ms(),
-                    es_document_id: document_id.as_deref(),
-                    es_index_name: index,
-                    es_type_name: type_name,
+                    target: match serverless {
+                        false => IndexTarget::Domain {
+                            es_document_id: document_id.as_deref(),
+                            es_index_name: index,
+                            es_type_name: type_name,
+                        },
+                        true => IndexTarget::Serverless {
+                            os_document_id: document_id.as_deref(),
+                            os_index_name: index,
+                        },
+                    },
                     raw_data,
                 },
             ),
@@ -299,5 +326,83 @@ impl ErrorWriter {
     /// The object writer, to commit later along with others.
     pub fn into_inner(self) -> Box<dyn ObjectWriter> {
         self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::SequenceNumber;
+    use crate::sink::LocalStore;
+
+    /// The OpenSearch error document of one record, as written.
+    fn opensearch_document(serverless: bool) -> serde_json::Map<String, serde_json::Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let output = ErrorOutput {
+            prefix: PrefixTemplate::parse_error_prefix("e/").unwrap(),
+            stream: "s".into(),
+            consumer: "s".into(),
+            version: 1,
+            instance: "i".into(),
+            time_zone: None,
+        };
+        let mut w = output.create(&store, "doc").unwrap();
+        let record = Record {
+            sequence: SequenceNumber(7),
+            sub: 0,
+            arrival_ms: 1_700_000_000_000,
+            data: bytes::Bytes::from_static(b"{\"a\":1}"),
+            keys: None,
+        };
+        let failure = Failure {
+            output_type: OPENSEARCH_FAILED,
+            code: "400".into(),
+            message: "mapper_parsing_exception".into(),
+            attempts: 2,
+            plugin: None,
+        };
+        let detail = ErrorDetail::OpenSearch {
+            document_id: Some("id-1".into()),
+            index: "logs-2024-01-01".into(),
+            type_name: String::new(),
+            serverless,
+        };
+        w.push_detailed(&record, &failure, &detail).unwrap();
+        w.commit().unwrap();
+        let line = std::fs::read_to_string(dir.path().join("doc")).unwrap();
+        serde_json::from_str(line.trim_end()).unwrap()
+    }
+
+    #[test]
+    fn opensearch_documents_name_a_domain_s_or_a_collection_s_fields() {
+        let common = [
+            "attemptsMade",
+            "arrivalTimestamp",
+            "errorCode",
+            "errorMessage",
+            "attemptEndingTimestamp",
+            "rawData",
+        ];
+        fn keys(d: &serde_json::Map<String, serde_json::Value>) -> Vec<&str> {
+            let mut k: Vec<&str> = d.keys().map(String::as_str).collect();
+            k.sort_unstable();
+            k
+        }
+        let sorted = |extra: &[&'static str]| {
+            let mut k: Vec<&str> = common.iter().chain(extra).copied().collect();
+            k.sort_unstable();
+            k
+        };
+        let domain = opensearch_document(false);
+        assert_eq!(
+            keys(&domain),
+            sorted(&["esDocumentId", "esIndexName", "esTypeName"])
+        );
+        assert_eq!(domain["esIndexName"], "logs-2024-01-01");
+        let collection = opensearch_document(true);
+        assert_eq!(keys(&collection), sorted(&["osDocumentId", "osIndexName"]));
+        assert_eq!(collection["osDocumentId"], "id-1");
+        assert_eq!(collection["attemptsMade"], 2);
     }
 }

@@ -527,7 +527,7 @@ impl<'a> Run<'a> {
                         "more than {} partitions are active in shard {}; the record's partition {partition} is not opened",
                         self.settings.max_active_partitions,
                         self.p.shard.id(),
-                    ),
+                    ).into(),
                     attempts: 1,
                     plugin: None,
                 }),
@@ -620,7 +620,7 @@ impl<'a> Run<'a> {
                 let f = Failure {
                     output_type: S3_FAILED,
                     code: code.clone(),
-                    message: message.clone(),
+                    message: message.as_str().into(),
                     attempts: 1,
                     plugin: None,
                 };

@@ -161,15 +161,53 @@ pub enum OpenSearchAuth {
     Basic { username: String, password: String },
     /// AWS Signature Version 4 with credentials from the AWS chain (environment, profile, IMDS).
     Sigv4 {
+        #[serde(deserialize_with = "aws_region")]
         region: String,
-        /// `es` for Amazon OpenSearch Service domains, `aoss` for Serverless collections.
-        #[serde(default = "default_sigv4_service")]
-        service: String,
+        #[serde(default)]
+        service: SigningService,
     },
 }
 
-fn default_sigv4_service() -> String {
-    "es".into()
+/// The service name a SigV4 signature is made for.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningService {
+    /// Amazon OpenSearch Service domains.
+    #[default]
+    Es,
+    /// OpenSearch Serverless collections (whose error documents name `osDocumentId` and
+    /// `osIndexName`, as Firehose's do).
+    Aoss,
+}
+
+impl SigningService {
+    /// The name signed into the credential scope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningService::Es => "es",
+            SigningService::Aoss => "aoss",
+        }
+    }
+}
+
+/// An AWS region name such as `eu-west-1`: lower-case letters, digits and dashes.
+fn aws_region<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    fn check(s: &str) -> Result<(), String> {
+        let well_formed = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if well_formed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{s:?} is not an AWS region name (lower-case letters, digits and dashes, e.g. eu-west-1)"
+            ))
+        }
+    }
+    checked_string(d, "an AWS region name", check)
 }
 
 /// Buffering of a request-based destination: 1–`MAX` MiB (default 5), 0–900 s (default 300).
@@ -500,6 +538,39 @@ mod tests {
             "        endpoint: http://h\n        index: l\n        buffering: { size_mib: 101 }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn sigv4_names_a_known_service_and_a_region() {
+        let auth = |a: &str| {
+            opensearch(&format!(
+                "        endpoint: https://h\n        index: l\n        auth: {{ sigv4: {a} }}\n"
+            ))
+        };
+        let service = |c: Config| match &c.delivery_streams[0].destination {
+            Destination::OpenSearch(o) => match &o.auth {
+                Some(super::OpenSearchAuth::Sigv4 { service, .. }) => *service,
+                other => panic!("{other:?}"),
+            },
+            _ => panic!("not opensearch"),
+        };
+        assert_eq!(
+            service(auth("{ region: eu-west-1 }").unwrap()),
+            super::SigningService::Es
+        );
+        assert_eq!(
+            service(auth("{ region: us-east-1, service: aoss }").unwrap()),
+            super::SigningService::Aoss
+        );
+        let e = auth("{ region: eu-west-1, service: aos }").unwrap_err();
+        assert!(e.contains("sigv4.service") && e.contains("aoss"), "{e}");
+        for bad in ["''", "EU-WEST-1", "eu west 1", "-eu"] {
+            let e = auth(&format!("{{ region: {bad} }}")).unwrap_err();
+            assert!(
+                e.contains("sigv4.region") && e.contains("not an AWS region"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod processing;
 pub use endpoint::{
     ContentEncoding, DocumentBackupMode, DocumentIdFormat, EndpointBuffering, EndpointRetry,
     HttpBackupMode, HttpEndpointDestination, IndexRotation, OpenSearchAuth, OpenSearchDestination,
+    SigningService,
 };
 pub use format_conversion::{
     DeserializerConfig, FormatConversionConfig, OrcConfig, OutputKind, ParquetConfig, SchemaConfig,

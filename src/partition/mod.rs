@@ -137,7 +137,7 @@ fn failure(code: &str, message: String) -> Failure {
     Failure {
         output_type: PROCESSING_FAILED,
         code: code.to_string(),
-        message,
+        message: message.into(),
         attempts: 1,
         plugin: None,
     }

@@ -143,7 +143,7 @@ pub fn failure(e: &ProcessError) -> Failure {
     Failure {
         output_type: e.output_type(),
         code: e.code().to_string(),
-        message: e.to_string(),
+        message: e.to_string().into(),
         attempts: 1,
         plugin: None,
     }

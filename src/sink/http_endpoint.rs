@@ -18,7 +18,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::request::{
-    jitter_seed, snippet, HttpClient, RequestError, Response, RetryClock, USER_AGENT,
+    bounded, jitter_seed, snippet, HttpClient, RequestError, Response, RetryClock, USER_AGENT,
 };
 use super::{RecordBatch, RecordDestination, SinkError, Undelivered};
 use crate::config::{ContentEncoding, HttpEndpointDestination};
@@ -184,7 +184,7 @@ impl RecordBatch for HttpBatch {
                 message: format!(
                     "the record is {} bytes; a record sent to an HTTP endpoint holds at most 1,024,002 bytes ({MAX_DATA_BASE64} base64 characters)",
                     record.data.len()
-                ),
+                ).into(),
                 attempts: 0,
                 plugin: None,
             };
@@ -298,7 +298,7 @@ impl HttpBatch {
         Some(Failure {
             output_type: HTTP_ENDPOINT_FAILED,
             code: code.into(),
-            message,
+            message: message.into(),
             attempts: clock.attempts,
             plugin: None,
         })
@@ -399,7 +399,12 @@ impl HttpBatch {
                 _ => Attempt::Failed("HttpEndpoint.ResponseTooLarge", message),
             };
         }
-        let answer = serde_json::from_slice::<Answer>(&response.body);
+        // The answer is a JSON object (serde would take an array's elements as its fields).
+        let object = response.body.trim_ascii_start().first() == Some(&b'{');
+        let answer = match serde_json::from_slice::<Answer>(&response.body) {
+            Ok(_) if !object => Err("the body is not a JSON object".to_string()),
+            answer => answer.map_err(|e| e.to_string()),
+        };
         match (status.as_u16(), answer) {
             (200, Ok(a)) if a.request_id.as_deref() == Some(id) => Attempt::Delivered,
             (200, Ok(a)) => Attempt::Failed(
@@ -421,7 +426,7 @@ impl HttpBatch {
                     Ok(Answer {
                         error_message: Some(m),
                         ..
-                    }) => m,
+                    }) => bounded(m),
                     _ => snippet(&response.body),
                 };
                 let message = format!(

@@ -21,7 +21,9 @@ use serde::Deserialize;
 
 use super::request::{jitter_seed, snippet, HttpClient, RequestError, RetryClock, USER_AGENT};
 use super::{RecordBatch, RecordDestination, SinkError, Undelivered};
-use crate::config::{DocumentIdFormat, IndexRotation, OpenSearchAuth, OpenSearchDestination};
+use crate::config::{
+    DocumentIdFormat, IndexRotation, OpenSearchAuth, OpenSearchDestination, SigningService,
+};
 use crate::error_output::{ErrorDetail, Failure, OPENSEARCH_FAILED};
 use crate::log::ShardId;
 use crate::process::Record;
@@ -74,7 +76,7 @@ enum Auth {
     Basic(String),
     Sigv4 {
         region: String,
-        service: String,
+        service: SigningService,
         provider: SharedCredentialsProvider,
         cached: Mutex<Option<Credentials>>,
     },
@@ -102,7 +104,7 @@ impl OpenSearch {
             )),
             Some(OpenSearchAuth::Sigv4 { region, service }) => Auth::Sigv4 {
                 region: region.clone(),
-                service: service.clone(),
+                service: *service,
                 provider: credentials.ok_or_else(|| {
                     invalid("SigV4 signing needs AWS credentials, and none were found".into())
                 })?,
@@ -199,7 +201,8 @@ impl RecordBatch for BulkBatch {
                 code: "OpenSearch.MalformedDocument".into(),
                 message: format!(
                     "the record is not a JSON object, which OpenSearch requires: {why}"
-                ),
+                )
+                .into(),
                 attempts: 0,
                 plugin: None,
             };
@@ -249,8 +252,8 @@ impl RecordBatch for BulkBatch {
         let mut undelivered = Vec::new();
         let mut pending: Vec<usize> = (0..self.items.len()).collect();
         let mut clock = RetryClock::new(self.cluster.retry, jitter_seed(&self.id));
-        // Each pending document's last error: (code, message).
-        let mut last: Vec<Option<(String, String)>> = vec![None; self.items.len()];
+        // Each pending document's last error; a whole request's error is shared by its documents.
+        let mut last: Vec<Option<Why>> = vec![None; self.items.len()];
         while !pending.is_empty() {
             clock.attempt();
             let mut retry = Vec::new();
@@ -258,26 +261,31 @@ impl RecordBatch for BulkBatch {
                 match self.attempt(&body, request) {
                     Ok(statuses) => {
                         for (&i, (status, error)) in request.iter().zip(statuses) {
+                            let why = || Why {
+                                code: status.to_string().into(),
+                                message: error.into(),
+                            };
                             match status {
                                 200..=299 => {}
                                 429 | 500.. => {
-                                    last[i] = Some((status.to_string(), error));
+                                    last[i] = Some(why());
                                     retry.push(i);
                                 }
-                                _ => undelivered.push(self.undelivered(
-                                    i,
-                                    status.to_string(),
-                                    error,
-                                    clock.attempts,
-                                )),
+                                _ => undelivered.push(self.undelivered(i, why(), clock.attempts)),
                             }
                         }
                     }
-                    Err(why) => {
+                    Err(Refusal { why, permanent }) => {
                         for &i in request {
-                            last[i] = Some(why.clone());
+                            if permanent {
+                                undelivered.push(self.undelivered(i, why.clone(), clock.attempts));
+                            } else {
+                                last[i] = Some(why.clone());
+                            }
                         }
-                        retry.extend_from_slice(request);
+                        if !permanent {
+                            retry.extend_from_slice(request);
+                        }
                     }
                 }
             }
@@ -285,9 +293,9 @@ impl RecordBatch for BulkBatch {
             let Some(&first) = pending.first() else {
                 break;
             };
-            if let Some((_, message)) = &last[first] {
+            if let Some(why) = &last[first] {
                 tracing::warn!(endpoint = %self.cluster.endpoint, batch = %self.id,
-                    documents = pending.len(), attempt = clock.attempts, error = %message,
+                    documents = pending.len(), attempt = clock.attempts, error = %why.message,
                     "OpenSearch did not index every document; retrying them");
             }
             match clock.next_wait() {
@@ -296,11 +304,41 @@ impl RecordBatch for BulkBatch {
             }
         }
         for i in pending {
-            let (code, message) = last[i].take().unwrap_or_default();
-            undelivered.push(self.undelivered(i, code, message, clock.attempts));
+            let why = last[i].take().unwrap_or_else(|| Why {
+                code: "OpenSearch.Unknown".into(),
+                message: "no attempt was answered".into(),
+            });
+            undelivered.push(self.undelivered(i, why, clock.attempts));
         }
         undelivered.sort_by_key(|u| u.index);
         undelivered
+    }
+}
+
+/// Why a document was not indexed: an error code and message (an item's status and error, or
+/// what became of the whole request).
+#[derive(Debug, Clone)]
+struct Why {
+    code: Arc<str>,
+    message: Arc<str>,
+}
+
+/// A bulk request that failed as a whole; `permanent`: sending it again cannot help (the
+/// cluster refused its body as malformed or too large), so its documents fail now.
+struct Refusal {
+    why: Why,
+    permanent: bool,
+}
+
+impl Refusal {
+    fn retryable(code: &str, message: String) -> Refusal {
+        Refusal {
+            why: Why {
+                code: code.into(),
+                message: message.into(),
+            },
+            permanent: false,
+        }
     }
 }
 
@@ -333,20 +371,14 @@ struct BulkItem {
 }
 
 impl BulkBatch {
-    fn undelivered(
-        &self,
-        index: usize,
-        code: String,
-        message: String,
-        attempts: u32,
-    ) -> Undelivered {
+    fn undelivered(&self, index: usize, why: Why, attempts: u32) -> Undelivered {
         let item = &self.items[index];
         Undelivered {
             index,
             failure: Failure {
                 output_type: OPENSEARCH_FAILED,
-                code,
-                message,
+                code: why.code.to_string(),
+                message: why.message,
                 attempts,
                 plugin: None,
             },
@@ -362,6 +394,13 @@ impl BulkBatch {
                 .then(|| format!("{}-{}-{sequence}-{sub}", c.tag, self.shard.0)),
             index: index.to_string(),
             type_name: c.type_name.clone().unwrap_or_default(),
+            serverless: matches!(
+                c.auth,
+                Auth::Sigv4 {
+                    service: SigningService::Aoss,
+                    ..
+                }
+            ),
         }
     }
 
@@ -385,12 +424,8 @@ impl BulkBatch {
     }
 
     /// One bulk request of the `pending` documents (of `body`, the batch's lines): each one's
-    /// status and error, in order, or why the request as a whole failed (error code, message).
-    fn attempt(
-        &self,
-        body: &Bytes,
-        pending: &[usize],
-    ) -> Result<Vec<(u16, String)>, (String, String)> {
+    /// status and error, in order, or why the request as a whole failed.
+    fn attempt(&self, body: &Bytes, pending: &[usize]) -> Result<Vec<(u16, String)>, Refusal> {
         let c = &*self.cluster;
         let body = if pending.len() == self.items.len() {
             body.clone() // the whole batch: no copy
@@ -403,38 +438,49 @@ impl BulkBatch {
         };
         let request = self
             .request(body)
-            .map_err(|e| ("OpenSearch.InvalidRequest".to_string(), e))?;
+            .map_err(|e| Refusal::retryable("OpenSearch.InvalidRequest", e))?;
         let response = c.client.send(request, MAX_RESPONSE).map_err(|e| match e {
-            RequestError::Timeout(_) => ("OpenSearch.RequestTimeout".to_string(), e.to_string()),
-            RequestError::Connect(_) => ("OpenSearch.ConnectionFailed".to_string(), e.to_string()),
-            RequestError::Reset(_) => ("OpenSearch.ConnectionReset".to_string(), e.to_string()),
+            RequestError::Timeout(_) => {
+                Refusal::retryable("OpenSearch.RequestTimeout", e.to_string())
+            }
+            RequestError::Connect(_) => {
+                Refusal::retryable("OpenSearch.ConnectionFailed", e.to_string())
+            }
+            RequestError::Reset(_) => {
+                Refusal::retryable("OpenSearch.ConnectionReset", e.to_string())
+            }
         })?;
         if response.too_large {
-            return Err((
-                "OpenSearch.InvalidResponse".into(),
+            return Err(Refusal::retryable(
+                "OpenSearch.InvalidResponse",
                 "the bulk response is larger than 256 MiB".into(),
             ));
         }
         if response.status != http::StatusCode::OK {
-            return Err((
-                response.status.as_u16().to_string(),
+            let status = response.status.as_u16();
+            let mut refusal = Refusal::retryable(
+                &status.to_string(),
                 format!(
                     "the bulk request failed with {}: {}",
                     response.status,
                     snippet(&response.body)
                 ),
-            ));
+            );
+            // A malformed or oversized body stays so; other refusals (429, 5xx, and 401/403,
+            // which a fixed role or password cures) are retried.
+            refusal.permanent = matches!(status, 400 | 413);
+            return Err(refusal);
         }
         let invalid = |e: serde_json::Error| {
-            (
-                "OpenSearch.InvalidResponse".to_string(),
+            Refusal::retryable(
+                "OpenSearch.InvalidResponse",
                 format!("the bulk response is not valid: {e}"),
             )
         };
         let summary: BulkSummary = serde_json::from_slice(&response.body).map_err(invalid)?;
         if summary.items.len() != pending.len() {
-            return Err((
-                "OpenSearch.InvalidResponse".into(),
+            return Err(Refusal::retryable(
+                "OpenSearch.InvalidResponse",
                 format!(
                     "the bulk response has {} items for {} documents",
                     summary.items.len(),
@@ -484,7 +530,7 @@ impl BulkBatch {
                 cached,
             } => {
                 let credentials = c.credentials(provider, cached)?;
-                sign(&mut request, &body, &credentials, region, service)?;
+                sign(&mut request, &body, &credentials, region, service.as_str())?;
             }
         }
         *request.body_mut() = Full::new(body);

@@ -20,7 +20,23 @@ pub const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
 
 /// The start of a response body, as text, for error messages (Firehose keeps 8,192 characters).
 pub fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(8192)]).into_owned()
+    String::from_utf8_lossy(&body[..body.len().min(MAX_MESSAGE)]).into_owned()
+}
+
+/// The longest error message taken from a destination's answer, in bytes (Firehose's limit on an
+/// HTTP endpoint's `errorMessage`): a message is repeated in every record's error document.
+pub const MAX_MESSAGE: usize = 8192;
+
+/// `message` cut to at most [`MAX_MESSAGE`] bytes, at a character boundary.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
 }
 
 /// An HTTP client whose calls block the (pipeline) thread that makes them.
@@ -153,7 +169,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Firehose's retry schedule for a batch: waits of 1 s doubling to at most 120 s, each ±15 %, as
+/// Firehose's retry schedule for a batch: waits of 1 s doubling, each ±15 % and at most 120 s, as
 /// long as the waits add up to no more than the retry duration. Only the waits count, not the
 /// time spent waiting for responses, as in Firehose; a wait is never cut short to fit.
 pub struct RetryClock {
@@ -192,7 +208,7 @@ impl RetryClock {
         self.seed ^= self.seed << 17;
         // ±15 %: a factor in [0.85, 1.15].
         let permille = 850 + self.seed % 301;
-        let wait = self.next * permille as u32 / 1000;
+        let wait = (self.next * permille as u32 / 1000).min(LONGEST_WAIT);
         if self.spent + wait > self.budget {
             return None;
         }
@@ -228,11 +244,22 @@ mod tests {
         for (w, n) in waits.iter().zip(nominal) {
             let n = Duration::from_secs(n);
             assert!(*w >= n * 85 / 100 && *w <= n * 115 / 100, "{w:?} vs {n:?}");
+            assert!(*w <= LONGEST_WAIT, "{w:?}");
         }
         let total: Duration = waits.iter().sum();
         // 1 + 2 + ... + 64 + 120 = 247 s nominal; one more 120 s wait would pass 300 s.
         assert_eq!(waits.len(), 8, "{waits:?}");
         assert!(total <= Duration::from_secs(300), "{waits:?}");
+    }
+
+    #[test]
+    fn messages_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        assert_eq!(bounded("x".repeat(MAX_MESSAGE)).len(), MAX_MESSAGE);
+        assert_eq!(bounded("x".repeat(MAX_MESSAGE + 1)).len(), MAX_MESSAGE);
+        // A 3-byte character across the limit is left out whole.
+        let cut = bounded(format!("{}€", "x".repeat(MAX_MESSAGE - 1)));
+        assert_eq!(cut.len(), MAX_MESSAGE - 1);
     }
 
     #[test]

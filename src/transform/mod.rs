@@ -282,7 +282,7 @@ impl Transform {
         Failure {
             output_type: PROCESSING_FAILED,
             code: code.to_string(),
-            message,
+            message: message.into(),
             attempts,
             plugin: Some(Arc::clone(self.plugin.identity())),
         }
@@ -415,7 +415,7 @@ mod tests {
                         Failure {
                             output_type: "decompression-failed",
                             code: "X".into(),
-                            message: String::new(),
+                            message: "".into(),
                             attempts: 1,
                             plugin: None,
                         },

@@ -102,6 +102,7 @@ ITEM_ERRORS = {
     409: ("version_conflict_engine_exception", "version conflict (injected)"),
 }
 REQUEST_ERRORS = {
+    400: ("illegal_argument_exception", "the bulk request is malformed (injected)"),
     429: ("es_rejected_execution_exception", "rejected execution of bulk request (injected)"),
     503: ("cluster_block_exception", "blocked by: [SERVICE_UNAVAILABLE/2/no master] (injected)"),
     413: ("content_too_long_exception", "request body is too large (injected)"),

@@ -47,6 +47,8 @@ The script is consumed first, then ``responder(attempt)`` (``None`` falls throug
                         the late success does not count as taken)
     malformed()         200 with a body that is not JSON
     mismatched()        200 with another requestId
+    array()             200 with a JSON array holding the requestId (not the object the protocol
+                        asks for, though a lax JSON-to-struct reader would take it as one)
     oversized(n)        200 with a valid, matching JSON body padded with spaces to n > 1 MiB bytes
     close()             close the connection without any response
 
@@ -136,6 +138,10 @@ def malformed() -> Action:
 
 def mismatched() -> Action:
     return Action("mismatched")
+
+
+def array() -> Action:
+    return Action("array")
 
 
 def oversized(size: int = MAX_RESPONSE_BYTES + 1) -> Action:
@@ -713,6 +719,9 @@ class FirehoseReceiver:
             other = str(uuid.uuid4())
             assert other != rid
             req.answer(200, json.dumps({"requestId": other, "timestamp": now_ms()}).encode())
+            self._finish(attempt, 200)
+        elif kind == "array":
+            req.answer(200, json.dumps([rid, None]).encode())
             self._finish(attempt, 200)
         elif kind == "oversized":
             body = self._success_body(rid)

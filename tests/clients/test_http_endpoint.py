@@ -47,7 +47,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, Spillway, run_validate, split_object
-from firehose_receiver import (MAX_RECORDS, MAX_RESPONSE_BYTES, Attempt, FirehoseReceiver, close,
+from firehose_receiver import (MAX_RECORDS, MAX_RESPONSE_BYTES, Attempt, FirehoseReceiver, array, close,
                                malformed, mismatched, oversized, slow, status)
 from test_format import put, seed
 from test_partitioning import HOUR_DIRS, OBJECT_NAME, config_yaml, line_of, objects_under
@@ -651,8 +651,13 @@ EXHAUSTED = {
     "timeout": (slow(2.5, commits=False), "HttpEndpoint.RequestTimeout", ()),
     "notjson": (malformed(), "HttpEndpoint.InvalidResponseFromDestination", ()),
     "otherid": (mismatched(), "HttpEndpoint.InvalidResponseFromDestination", ()),
+    "array": (array(), "HttpEndpoint.InvalidResponseFromDestination", ("not a JSON object",)),
     "toolarge": (oversized(), "HttpEndpoint.ResponseTooLarge", ()),
+    # The endpoint's errorMessage is cut to Firehose's 8,192 characters.
+    "longmsg": (status(500, json.dumps({"requestId": "r", "timestamp": 0, "errorMessage": "m" * 20000})),
+                "HttpEndpoint.DestinationException", ("500", "m" * 8000)),
 }
+MAX_ERROR_MESSAGE = 8192
 EXHAUST_RETRY_S = 3
 
 
@@ -702,6 +707,9 @@ def test_each_failure_kind_exhausts_its_retries_into_error_documents(start, rece
             if doc["attemptsMade"] < 2:
                 failures.append(f"{kind}: attemptsMade {doc['attemptsMade']} in {EXHAUST_RETRY_S} s")
                 break
+            if len(doc["errorMessage"]) > MAX_ERROR_MESSAGE + 200:
+                failures.append(f"{kind}: an errorMessage of {len(doc['errorMessage'])} characters")
+                break
             if answer is not None:
                 rid, attempts = next((rid, a) for rid, a in attempts_by_id.items()
                                      if raw(doc) in a[0].records)
@@ -734,6 +742,7 @@ def test_each_failure_kind_exhausts_its_retries_into_error_documents(start, rece
 BAD_SUCCESS = {
     "notjson": malformed(),
     "otherid": mismatched(),
+    "array": array(),
     "toolarge": oversized(),
     "redirect": status(302),
     "closed": close(),

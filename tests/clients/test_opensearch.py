@@ -53,6 +53,9 @@ ERROR_TYPE = "AmazonOpenSearchService-failed"
 ERROR_PREFIX = "errors/!{firehose:error-output-type}/"
 OS_ERROR_FIELDS = {"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage",
                    "attemptEndingTimestamp", "esDocumentId", "esIndexName", "esTypeName", "rawData"}
+# OpenSearch Serverless collections (SigV4 service aoss): Firehose's os* names, no type name.
+OS_SERVERLESS_ERROR_FIELDS = {"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage",
+                              "attemptEndingTimestamp", "osDocumentId", "osIndexName", "rawData"}
 BASE_ERROR_FIELDS = {"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage",
                      "attemptEndingTimestamp", "rawData"}
 ROTATIONS = {"no_rotation": "NoRotation", "one_hour": "OneHour", "one_day": "OneDay",
@@ -282,9 +285,12 @@ def raw_data(doc: dict) -> bytes:
     return base64.b64decode(doc["rawData"], validate=True)
 
 
-def os_error_docs(daemon: Spillway, top: str = "errors/", stream: str = "events") -> list[dict]:
+def os_error_docs(daemon: Spillway, top: str = "errors/", stream: str = "events",
+                  serverless: bool = False) -> list[dict]:
     """The AmazonOpenSearchService-failed documents under `<top>AmazonOpenSearchService-failed/`,
-    each object checked for its place and name and each document for Firehose's fields."""
+    each object checked for its place and name and each document for Firehose's fields (those of
+    a Serverless collection with `serverless`)."""
+    es = "os" if serverless else "es"
     base = f"{top}{ERROR_TYPE}"
     docs = []
     for p in objects_under(daemon, base + "/"):
@@ -294,12 +300,14 @@ def os_error_docs(daemon: Spillway, top: str = "errors/", stream: str = "events"
         assert name and name["stream"] == stream and name["ext"] == "", f"error object name {p.name!r}"
         for line in split_object((daemon.lake_dir / p).read_bytes(), p.as_posix()):
             doc = json.loads(line)
-            assert set(doc) == OS_ERROR_FIELDS, f"{p}: fields {sorted(doc)}"
+            want = OS_SERVERLESS_ERROR_FIELDS if serverless else OS_ERROR_FIELDS
+            assert set(doc) == want, f"{p}: fields {sorted(doc)}"
             assert isinstance(doc["attemptsMade"], int) and doc["attemptsMade"] >= 1, doc
             assert isinstance(doc["errorCode"], str) and doc["errorCode"], doc
             assert isinstance(doc["errorMessage"], str) and doc["errorMessage"], doc
-            assert isinstance(doc["esIndexName"], str) and isinstance(doc["esTypeName"], str), doc
-            assert doc["esDocumentId"] is None or isinstance(doc["esDocumentId"], str), doc
+            assert isinstance(doc[f"{es}IndexName"], str), doc
+            assert serverless or isinstance(doc["esTypeName"], str), doc
+            assert doc[f"{es}DocumentId"] is None or isinstance(doc[f"{es}DocumentId"], str), doc
             assert doc["attemptEndingTimestamp"] >= doc["arrivalTimestamp"], doc
             raw_data(doc)
             docs.append(doc)
@@ -616,13 +624,14 @@ def test_no_document_id_lets_the_server_generate_ids(start, bulk):
 
 # -- 4. per-item failures --------------------------------------------------------------------------
 
-def test_item_429_resends_only_the_rejected_documents_with_their_ids(start, bulk):
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_item_429_and_5xx_resend_only_the_rejected_documents_with_their_ids(start, bulk, status):
     s = seed()
     r = random.Random(s)
-    records = json_records(r, 300, "item429")
+    records = json_records(r, 300, f"item{status}")
     rejected = set(r.sample(records, 60))
     server = bulk()
-    server.item_fault = lambda it: 429 if it.try_no == 1 and it.raw in rejected else None
+    server.item_fault = lambda it: status if it.try_no == 1 and it.raw in rejected else None
     daemon = start(config_yaml(opensearch_yaml("events", server.url)))
     put(daemon, "events", records)
     wait_until(lambda: server.count() >= len(records))
@@ -634,8 +643,8 @@ def test_item_429_resends_only_the_rejected_documents_with_their_ids(start, bulk
     for rec, its in sent.items():
         tries = [(it.status, it.id, it.index) for it in its]
         if rec in rejected:
-            assert [t[0] for t in tries] == [429, 201] and len({t[1:] for t in tries}) == 1, (
-                f"rejected document {rec[:60]!r}: {tries} (want 429 then 201 under one id) (seed {s})")
+            assert [t[0] for t in tries] == [status, 201] and len({t[1:] for t in tries}) == 1, (
+                f"rejected document {rec[:60]!r}: {tries} (want {status} then 201 under one id) (seed {s})")
         else:
             assert [t[0] for t in tries] == [201], f"accepted document re-sent: {tries} (seed {s})"
     retries = [a for a in server.snapshot() if any(it.try_no > 1 for it in a.items)]
@@ -691,7 +700,7 @@ def test_item_400_goes_to_the_error_output_at_once(start, bulk):
 
 # -- 5. whole-request failures ---------------------------------------------------------------------
 
-WHOLE_REQUEST_FAULTS = [503, 429, 413, "malformed", "short_items", "close", "close_after", "slow"]
+WHOLE_REQUEST_FAULTS = [503, 429, "malformed", "short_items", "close", "close_after", "slow"]
 
 
 def test_whole_request_failures_are_retried_with_the_same_ids(start, bulk):
@@ -730,6 +739,46 @@ def test_whole_request_failures_are_retried_with_the_same_ids(start, bulk):
         assert max(server.versions.values()) <= 2, name
         assert not objects_under(daemon, f"errors-{name}/"), f"{name}: error output written"
         assert_clean(server)
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_request_refused_as_malformed_or_too_large_fails_at_once(start, bulk, status):
+    """Sending the same body again cannot help: its documents go to the error output after one
+    attempt, with the status and OpenSearch's answer, and the server sees no second request."""
+    s = seed()
+    records = json_records(random.Random(s), 40, f"whole{status}")
+    server = bulk()
+    server.request_faults = [status]
+    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=60)))
+    put(daemon, "events", records)
+    wait_until(lambda: error_count(daemon) >= len(records))
+    time.sleep(1.5)  # a retry would come after ~1 s
+    daemon.stop()
+
+    assert server.count() == 0 and len(server.snapshot()) == 1, [a.fault for a in server.snapshot()]
+    docs = os_error_docs(daemon)
+    assert sorted(raw_data(d) for d in docs) == sorted(records), f"seed {s}"
+    for d in docs:
+        assert d["errorCode"] == str(status) and d["attemptsMade"] == 1, d
+        assert f"failed with {status}" in d["errorMessage"], d
+    assert_clean(server)
+
+
+def test_a_zero_retry_duration_makes_one_attempt(start, bulk):
+    s = seed()
+    records = json_records(random.Random(s), 30, "retry0")
+    server = bulk()
+    server.item_fault = lambda it: 429
+    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=0)))
+    put(daemon, "events", records)
+    wait_until(lambda: error_count(daemon) >= len(records))
+    daemon.stop()
+
+    assert len(server.snapshot()) == 1
+    docs = os_error_docs(daemon)
+    assert sorted(raw_data(d) for d in docs) == sorted(records), f"seed {s}"
+    assert all(d["attemptsMade"] == 1 and d["errorCode"] == "429" for d in docs)
+    assert_clean(server)
 
 
 def test_constant_429_ends_in_the_error_output_when_retries_run_out(start, bulk):
@@ -874,19 +923,30 @@ def test_basic_auth_right_is_indexed_and_wrong_ends_in_the_error_output(start, b
 @pytest.mark.parametrize("service,token", [("es", None), ("aoss", "IQoJb3JpZ2luX2VjEXAMPLE/+token=")])
 def test_sigv4_signed_bulk_requests_verify(start, bulk, service, token):
     s = seed()
-    records = json_records(random.Random(s), 150, "sigv4")
+    r = random.Random(s)
+    records = json_records(r, 150, "sigv4")
+    refused = set(r.sample(records, 5))
     server = bulk(sigv4=SigV4Expectation(OS_ACCESS_KEY, OS_SECRET_KEY, OS_REGION, service, token))
+    server.item_fault = lambda it: 400 if it.raw in refused else None
     env = {"AWS_ACCESS_KEY_ID": OS_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": OS_SECRET_KEY}
     if token:
         env["AWS_SESSION_TOKEN"] = token
     daemon = start(config_yaml(opensearch_yaml("events", server.url, auth=sigv4_yaml(OS_REGION, service))),
                    env=env)
     put(daemon, "events", records)
-    wait_until(lambda: server.count() >= len(records) or bool(server.violations))
+    wait_until(lambda: (server.count() >= len(records) - len(refused)
+                        and error_count(daemon) >= len(refused)) or bool(server.violations))
     daemon.stop()
 
     assert_clean(server)  # every request's signature recomputed and matched
-    assert_store_holds(server, records, {INDEX}, s)
+    assert_store_holds(server, [rec for rec in records if rec not in refused], {INDEX}, s)
+    # A collection's error documents name osDocumentId / osIndexName, a domain's es*.
+    docs = os_error_docs(daemon, serverless=service == "aoss")
+    assert sorted(raw_data(d) for d in docs) == sorted(refused), f"seed {s}"
+    es = "os" if service == "aoss" else "es"
+    sent = items_by_source(server)
+    for d in docs:
+        assert d[f"{es}IndexName"] == INDEX and d[f"{es}DocumentId"] == sent[raw_data(d)][0].id, d
     for a in server.snapshot():
         assert a.headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={OS_ACCESS_KEY}/")
         assert a.headers["x-amz-content-sha256"] == hashlib.sha256(a.body).hexdigest()
