@@ -514,7 +514,7 @@ impl<'a> Run<'a> {
                 Outcome::Failed(..) if self.settings.skip_failures => Ok(()),
                 Outcome::Failed(r, f) => {
                     let partition = Cow::Owned(error_partition(f.output_type));
-                    self.place(partition, false, &r, Some(f), full)
+                    self.place(partition, false, &r, Some(*f), full)
                 }
             };
             if let Err(e) = placed {

@@ -48,8 +48,9 @@ impl Record {
 #[derive(Debug)]
 pub enum Outcome {
     Ok(Record),
-    /// The record failed a stage; it goes to the error output with this failure.
-    Failed(Record, Failure),
+    /// The record failed a stage; it goes to the error output with this failure (boxed: failures
+    /// are rare, and outcomes are moved several times per record on the way to placing).
+    Failed(Record, Box<Failure>),
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +133,7 @@ impl Processors {
             };
             out.push(match piece {
                 Ok(data) => Outcome::Ok(make(data)),
-                Err((data, e)) => Outcome::Failed(make(data), failure(&e)),
+                Err((data, e)) => Outcome::Failed(make(data), Box::new(failure(&e))),
             });
         }
     }

@@ -266,7 +266,10 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
             out.len()
         )));
     }
-    let mut results: Vec<Option<RecordResult>> = vec![None; count];
+    // Results in input order, the usual case, go straight into `ordered`; the first one out of
+    // order moves them all to `scattered`, where each id has its place.
+    let mut ordered: Vec<RecordResult> = Vec::with_capacity(count.min(n));
+    let mut scattered: Option<Vec<Option<RecordResult>>> = None;
     let (mut unknown, mut duplicated) = (None, None);
     let mut total_pieces = 0usize;
     for _ in 0..n {
@@ -345,6 +348,18 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
                 )))
             }
         };
+        let results = match &mut scattered {
+            None if id == ordered.len() as u64 && ordered.len() < count => {
+                ordered.push(parsed);
+                continue;
+            }
+            None => {
+                let mut all: Vec<Option<RecordResult>> = ordered.drain(..).map(Some).collect();
+                all.resize(count, None);
+                scattered.insert(all)
+            }
+            Some(all) => all,
+        };
         match usize::try_from(id).ok().and_then(|i| results.get_mut(i)) {
             None => {
                 unknown.get_or_insert(id);
@@ -367,6 +382,12 @@ pub fn parse_output(out: &Bytes, count: usize) -> Result<Vec<RecordResult>, Outp
     if let Some(id) = duplicated {
         return Err(OutputError::DuplicatedId(id));
     }
+    let Some(results) = scattered else {
+        if ordered.len() < count {
+            return Err(OutputError::MissingId(ordered.len() as u64));
+        }
+        return Ok(ordered);
+    };
     if let Some(missing) = results.iter().position(Option::is_none) {
         return Err(OutputError::MissingId(missing as u64));
     }

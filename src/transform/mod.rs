@@ -144,7 +144,7 @@ impl Transform {
                             ),
                             1,
                         );
-                        (i, Outcome::Failed(r, f))
+                        (i, Outcome::Failed(r, Box::new(f)))
                     } else {
                         s.batch.push(r.arrival_ms, &r.data);
                         (i, Outcome::Ok(r))
@@ -237,11 +237,11 @@ impl Transform {
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "the plugin returned ProcessingFailed".into());
                 let f = self.failure(PROCESSING_FAILED_STATUS, message, attempts);
-                out.push((i, Outcome::Failed(r, f)));
+                out.push((i, Outcome::Failed(r, Box::new(f))));
             }
             Err(Some(e)) => {
                 let f = self.failure(e.code, e.message, attempts);
-                out.push((i, Outcome::Failed(r, f)));
+                out.push((i, Outcome::Failed(r, Box::new(f))));
             }
             Err(None) => {
                 let f = self.failure(
@@ -249,7 +249,7 @@ impl Transform {
                     "no result for the record".into(),
                     attempts,
                 );
-                out.push((i, Outcome::Failed(r, f)));
+                out.push((i, Outcome::Failed(r, Box::new(f))));
             }
         }
     }
@@ -412,13 +412,13 @@ mod tests {
                     1,
                     Outcome::Failed(
                         record(2, b"earlier failure"),
-                        Failure {
+                        Box::new(Failure {
                             output_type: "decompression-failed",
                             code: "X".into(),
                             message: "".into(),
                             attempts: 1,
                             plugin: None,
-                        },
+                        }),
                     ),
                 ),
                 (2, Outcome::Ok(record(3, b"b"))),

@@ -36,6 +36,10 @@ pub fn engine() -> &'static Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
+        if std::env::var_os("SPILLWAY_WASM_PERFMAP").is_some() {
+            // For profiling plugins: compiled code is named in /tmp/perf-<pid>.map for `perf`.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).expect("the default wasmtime configuration is valid");
         let ticker = engine.clone();
         std::thread::Builder::new()

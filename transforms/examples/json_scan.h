@@ -14,9 +14,30 @@
 #define JS_MAX_DEPTH 64
 
 static inline const uint8_t *js_ws(const uint8_t *p, const uint8_t *e) {
-    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    /* Compact JSON has none: one test for the usual case, a byte above the space. */
+    while (p < e && *p <= ' ' && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
     return p;
 }
+
+/* Byte classes for the scans outside strings: JS_LIT, a byte of a number or literal
+ * ([0-9A-Za-z+-.]); JS_QUOTE; JS_OPEN ('{', '['); JS_CLOSE ('}', ']'); 0, anything else. */
+enum { JS_LIT = 1, JS_QUOTE = 2, JS_OPEN = 3, JS_CLOSE = 4 };
+static const uint8_t js_class[256] = {
+    ['"'] = JS_QUOTE, ['{'] = JS_OPEN, ['['] = JS_OPEN, ['}'] = JS_CLOSE, [']'] = JS_CLOSE,
+    ['+'] = JS_LIT, ['-'] = JS_LIT, ['.'] = JS_LIT,
+    ['0'] = JS_LIT, ['1'] = JS_LIT, ['2'] = JS_LIT, ['3'] = JS_LIT, ['4'] = JS_LIT,
+    ['5'] = JS_LIT, ['6'] = JS_LIT, ['7'] = JS_LIT, ['8'] = JS_LIT, ['9'] = JS_LIT,
+    ['A'] = JS_LIT, ['B'] = JS_LIT, ['C'] = JS_LIT, ['D'] = JS_LIT, ['E'] = JS_LIT, ['F'] = JS_LIT,
+    ['G'] = JS_LIT, ['H'] = JS_LIT, ['I'] = JS_LIT, ['J'] = JS_LIT, ['K'] = JS_LIT, ['L'] = JS_LIT,
+    ['M'] = JS_LIT, ['N'] = JS_LIT, ['O'] = JS_LIT, ['P'] = JS_LIT, ['Q'] = JS_LIT, ['R'] = JS_LIT,
+    ['S'] = JS_LIT, ['T'] = JS_LIT, ['U'] = JS_LIT, ['V'] = JS_LIT, ['W'] = JS_LIT, ['X'] = JS_LIT,
+    ['Y'] = JS_LIT, ['Z'] = JS_LIT,
+    ['a'] = JS_LIT, ['b'] = JS_LIT, ['c'] = JS_LIT, ['d'] = JS_LIT, ['e'] = JS_LIT, ['f'] = JS_LIT,
+    ['g'] = JS_LIT, ['h'] = JS_LIT, ['i'] = JS_LIT, ['j'] = JS_LIT, ['k'] = JS_LIT, ['l'] = JS_LIT,
+    ['m'] = JS_LIT, ['n'] = JS_LIT, ['o'] = JS_LIT, ['p'] = JS_LIT, ['q'] = JS_LIT, ['r'] = JS_LIT,
+    ['s'] = JS_LIT, ['t'] = JS_LIT, ['u'] = JS_LIT, ['v'] = JS_LIT, ['w'] = JS_LIT, ['x'] = JS_LIT,
+    ['y'] = JS_LIT, ['z'] = JS_LIT,
+};
 
 /* Nonzero if one of the 8 bytes of w is '"', '\\' or a control byte (< 0x20): the bytes a
  * string scan must stop at. The classic "has zero byte" test, applied to w ^ '"', w ^ '\\' and
@@ -81,20 +102,23 @@ static inline const uint8_t *js_value_end(const uint8_t *p, const uint8_t *e) {
     if (*p != '{' && *p != '[') {
         if (*p == '"') return js_string_end(p, e);
         const uint8_t *s = p;
-        while (p < e && ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
-                         (*p >= 'A' && *p <= 'Z') || *p == '+' || *p == '-' || *p == '.'))
-            p++;
+        while (p < e && js_class[*p] == JS_LIT) p++;
         return p == s ? NULL : p;
     }
     while (p < e) {
         uint8_t c = *p;
-        if (c == '"') { if (!(p = js_string_end(p, e))) return NULL; continue; }
-        if (c == '{' || c == '[') {
+        switch (js_class[c]) {
+        case JS_QUOTE:
+            if (!(p = js_string_end(p, e))) return NULL;
+            continue;
+        case JS_OPEN:
             if (depth == JS_MAX_DEPTH) return NULL;
             stack[depth++] = c == '{' ? '}' : ']';
-        } else if (c == '}' || c == ']') {
+            break;
+        case JS_CLOSE:
             if (depth == 0 || stack[--depth] != c) return NULL;
             if (depth == 0) return p + 1;
+            break;
         }
         p++;
     }
