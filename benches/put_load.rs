@@ -29,7 +29,7 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| dir.path().join("lake"));
     let config = format!(
-        "data_dir: {}\nlog: {{ segment_mib: 256 }}\ndelivery_streams:\n  - name: events\n    source: {{ direct_put: {{ shards: {shards} }} }}\n    processing: [ {{ append_delimiter: true }} ]\n    destination:\n      s3: {{ url: 'file://{}', buffering: {{ size_mib: 128, interval_s: 60 }} }}\n",
+        "data_dir: {}\nlog: {{ segment_mib: 256, max_disk_mib: 40960 }}\ndelivery_streams:\n  - name: events\n    source: {{ direct_put: {{ shards: {shards} }} }}\n    processing: [ {{ append_delimiter: true }} ]\n    destination:\n      s3: {{ url: 'file://{}', buffering: {{ size_mib: 128, interval_s: 60 }} }}\n",
         dir.path().join("data").display(),
         lake.display()
     );
