@@ -173,14 +173,7 @@ impl Pipeline {
                 }
                 result
             }))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(PipelineError::Panicked(what))
-            });
+            .unwrap_or_else(|panic| Err(PipelineError::Panicked(panic_text(&*panic))));
             match outcome {
                 Ok(()) => return,
                 Err(e) => {
@@ -337,12 +330,16 @@ impl<'a> Run<'a> {
         std::thread::scope(|scope| {
             let (jobs, inbox) = std::sync::mpsc::sync_channel(1);
             let (outbox, done) = std::sync::mpsc::sync_channel(1);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("transform-{}", self.p.shard.id()))
                 .spawn_scoped(scope, move || Transformer::serve(settings, inbox, outbox))
                 .map_err(|e| PipelineError::Panicked(format!("no transformation thread: {e}")))?;
-            // Returning drops the channels, which ends the thread before the scope joins it.
-            self.deliver_reads(backoff, Some(Worker { jobs, done }))
+            // The worker's channels are gone when this returns, which ends the thread.
+            let delivered = self.deliver_reads(backoff, Some(Worker { jobs, done }));
+            match thread.join() {
+                Ok(()) => delivered,
+                Err(panic) => Err(PipelineError::Panicked(panic_text(&*panic))),
+            }
         })
     }
 
@@ -981,6 +978,15 @@ impl<'a> Run<'a> {
     }
 }
 
+/// A panic's message.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// A read on its way through the processors and plugins: its log records, and their outcomes,
 /// each tagged with the index of its log record (empty until transformed).
 struct Transformed {
@@ -1046,8 +1052,8 @@ struct Worker {
 }
 
 impl Worker {
-    /// The error of a transformation thread that ended (it panicked: the scope's join reports
-    /// the panic, and the pipeline replays).
+    /// The error of a transformation thread that ended (it panicked: `Run::deliver` reports the
+    /// panic's message when it joins the thread, and the pipeline replays).
     fn gone() -> PipelineError {
         PipelineError::Panicked("the transformation thread ended".into())
     }
@@ -1406,6 +1412,61 @@ mod tests {
                 .flat_map(|r| [r.as_slice(), b"\n"].concat())
                 .collect::<Vec<u8>>()
         );
+    }
+
+    /// A plugin that returns each record unchanged, in one-record batches (a WAT module).
+    fn passthrough() -> Transforms {
+        // Batch: magic, count, then id (8), arrival (16), length (24), data (28). Output at 8192:
+        // SPR1, 1 result: the id, Ok, one piece of the record's data, no keys.
+        let body = "(local $len i32)
+            (local.set $len (i32.load (i32.add (local.get $p) (i32.const 24))))
+            (i32.store (i32.const 8192) (i32.const 0x31525053))
+            (i32.store (i32.const 8196) (i32.const 1))
+            (i64.store (i32.const 8200) (i64.load (i32.add (local.get $p) (i32.const 8))))
+            (i32.store8 (i32.const 8208) (i32.const 0))
+            (i32.store (i32.const 8209) (i32.const 1))
+            (i32.store (i32.const 8213) (local.get $len))
+            (memory.copy (i32.const 8217) (i32.add (local.get $p) (i32.const 28)) (local.get $len))
+            (i32.store16 (i32.add (i32.const 8217) (local.get $len)) (i32.const 0))
+            (i64.or (i64.shl (i64.const 8192) (i64.const 32))
+                    (i64.extend_i32_u (i32.add (local.get $len) (i32.const 27))))";
+        let module = crate::transform::plugin::testing::wat(body, "");
+        let wasm = crate::config::WasmConfig {
+            module: "passthrough.wat".into(),
+            function: "spillway_transform".into(),
+            config: String::new(),
+            buffer_mib: 1e-9, // one record per call
+            number_of_retries: 0,
+            timeout_ms: 10_000,
+            memory_mib: 16,
+            bytes: Arc::new(module.into_bytes()),
+            digest: String::new(),
+        };
+        Transforms::load(&[crate::config::Processor::Wasm(wasm)], None).unwrap()
+    }
+
+    /// With a plugin, reads are transformed on the worker thread one read ahead of placing; with
+    /// commits failing at random, runs end while a read is with the worker and are replayed.
+    #[test]
+    fn with_a_plugin_every_record_is_delivered_once_across_reads_and_replays() {
+        let mut s = (*settings()).clone();
+        s.transforms = passthrough();
+        let store = Arc::new(MemoryStore {
+            flaky: 3,
+            ..MemoryStore::default()
+        });
+        // 25,000 records of 50-100 bytes: three reads (10,000 records at most each), and objects
+        // of 1 MiB closing inside them.
+        let records: Vec<Vec<u8>> = (0..25_000)
+            .map(|i| format!("record-{i:06}-{}", "x".repeat(40 + i % 50)).into_bytes())
+            .collect();
+        let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);
+        let (data, errors) = delivered(&store);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(store.objects.lock().unwrap().len() >= 2, "one object");
+        let (got, want) = sorted_records(&data, &errors, "", &records);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "records lost or delivered twice");
     }
 
     fn converting(output: crate::format::OutputFormat) -> Arc<DeliverySettings> {

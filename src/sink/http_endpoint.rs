@@ -409,10 +409,10 @@ impl HttpBatch {
             (200, Ok(a)) if a.request_id.as_deref() == Some(id) => Attempt::Delivered,
             (200, Ok(a)) => Attempt::Failed(
                 "HttpEndpoint.InvalidResponseFromDestination",
-                format!(
+                bounded(format!(
                     "the response is invalid: its requestId is {:?}, the request's is {id:?}",
                     a.request_id.unwrap_or_default(),
-                ),
+                )),
             ),
             (200, Err(err)) => Attempt::Failed(
                 "HttpEndpoint.InvalidResponseFromDestination",

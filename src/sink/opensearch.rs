@@ -19,7 +19,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::request::{jitter_seed, snippet, HttpClient, RequestError, RetryClock, USER_AGENT};
+use super::request::{
+    bounded, jitter_seed, snippet, HttpClient, RequestError, RetryClock, USER_AGENT,
+};
 use super::{RecordBatch, RecordDestination, SinkError, Undelivered};
 use crate::config::{
     DocumentIdFormat, IndexRotation, OpenSearchAuth, OpenSearchDestination, SigningService,
@@ -254,10 +256,14 @@ impl RecordBatch for BulkBatch {
         let mut clock = RetryClock::new(self.cluster.retry, jitter_seed(&self.id));
         // Each pending document's last error; a whole request's error is shared by its documents.
         let mut last: Vec<Option<Why>> = vec![None; self.items.len()];
+        // Request size: halved while the cluster refuses whole requests as too large or malformed,
+        // down to single documents, so that one oversized or unparsable document fails alone.
+        let mut limit = MAX_REQUEST;
         while !pending.is_empty() {
             clock.attempt();
             let mut retry = Vec::new();
-            for request in self.requests(&pending) {
+            let mut split = false;
+            for request in self.requests(&pending, limit) {
                 match self.attempt(&body, request) {
                     Ok(statuses) => {
                         for (&i, (status, error)) in request.iter().zip(statuses) {
@@ -275,6 +281,15 @@ impl RecordBatch for BulkBatch {
                             }
                         }
                     }
+                    Err(Refusal { why, permanent }) if permanent && request.len() > 1 => {
+                        let bytes: usize = request.iter().map(|&i| self.items[i].lines.len()).sum();
+                        limit = limit.min(bytes / 2);
+                        split = true;
+                        for &i in request {
+                            last[i] = Some(why.clone());
+                        }
+                        retry.extend_from_slice(request);
+                    }
                     Err(Refusal { why, permanent }) => {
                         for &i in request {
                             if permanent {
@@ -289,10 +304,18 @@ impl RecordBatch for BulkBatch {
                     }
                 }
             }
+            retry.sort_unstable(); // documents keep their order across requests
             pending = retry;
             let Some(&first) = pending.first() else {
                 break;
             };
+            if split
+                && pending
+                    .iter()
+                    .all(|&i| last[i].as_ref().is_some_and(is_split))
+            {
+                continue; // smaller requests, at once: nothing to wait for
+            }
             if let Some(why) = &last[first] {
                 tracing::warn!(endpoint = %self.cluster.endpoint, batch = %self.id,
                     documents = pending.len(), attempt = clock.attempts, error = %why.message,
@@ -321,6 +344,12 @@ impl RecordBatch for BulkBatch {
 struct Why {
     code: Arc<str>,
     message: Arc<str>,
+}
+
+/// Whether `why` is a whole request's refusal as too large or malformed, which a smaller request
+/// may not meet.
+fn is_split(why: &Why) -> bool {
+    matches!(&*why.code, "400" | "413")
 }
 
 /// A bulk request that failed as a whole; `permanent`: sending it again cannot help (the
@@ -404,14 +433,14 @@ impl BulkBatch {
         }
     }
 
-    /// The `pending` documents in requests of at most [`MAX_REQUEST`] bytes (more than one only
-    /// when one log record's pieces took the batch past it).
-    fn requests<'p>(&self, pending: &'p [usize]) -> Vec<&'p [usize]> {
+    /// The `pending` documents in requests of at most `limit` bytes ([`MAX_REQUEST`], or less
+    /// once the cluster refused a request as too large or malformed; a document alone may pass it).
+    fn requests<'p>(&self, pending: &'p [usize], limit: usize) -> Vec<&'p [usize]> {
         let mut out = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (k, &i) in pending.iter().enumerate() {
             let len = self.items[i].lines.len();
-            if k > start && bytes + len > MAX_REQUEST {
+            if k > start && bytes + len > limit {
                 out.push(&pending[start..k]);
                 (start, bytes) = (k, 0);
             }
@@ -466,8 +495,9 @@ impl BulkBatch {
                     snippet(&response.body)
                 ),
             );
-            // A malformed or oversized body stays so; other refusals (429, 5xx, and 401/403,
-            // which a fixed role or password cures) are retried.
+            // A malformed or oversized body stays so (the batch is sent again in smaller requests,
+            // down to single documents); other refusals (429, 5xx, and 401/403, which a fixed
+            // role or password cures) are retried.
             refusal.permanent = matches!(status, 400 | 413);
             return Err(refusal);
         }
@@ -496,7 +526,11 @@ impl BulkBatch {
             .items
             .into_iter()
             .map(|item| {
-                let error = item.index.error.map(|e| e.to_string()).unwrap_or_default();
+                let error = item
+                    .index
+                    .error
+                    .map(|e| bounded(e.to_string()))
+                    .unwrap_or_default();
                 (item.index.status, error)
             })
             .collect())
@@ -773,7 +807,7 @@ mod tests {
             b.push(&record(n + i, doc.as_bytes())).unwrap();
         }
         let pending: Vec<usize> = (0..b.items.len()).collect();
-        let requests = b.requests(&pending);
+        let requests = b.requests(&pending, MAX_REQUEST);
         assert_eq!(requests.len(), 2);
         for r in &requests {
             let bytes: usize = r.iter().map(|&i| b.items[i].lines.len()).sum();
@@ -783,6 +817,8 @@ mod tests {
             requests.iter().map(|r| r.len()).sum::<usize>(),
             b.items.len()
         );
+        // Below one document's size, each document goes alone.
+        assert_eq!(b.requests(&pending, 1).len(), b.items.len());
     }
 
     #[test]

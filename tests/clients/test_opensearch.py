@@ -742,25 +742,55 @@ def test_whole_request_failures_are_retried_with_the_same_ids(start, bulk):
 
 
 @pytest.mark.parametrize("status", [400, 413])
-def test_a_request_refused_as_malformed_or_too_large_fails_at_once(start, bulk, status):
-    """Sending the same body again cannot help: its documents go to the error output after one
-    attempt, with the status and OpenSearch's answer, and the server sees no second request."""
+def test_a_request_refused_as_malformed_or_too_large_is_sent_again_in_halves(start, bulk, status):
+    """Sending the same body again cannot help, so the batch goes again at once (no backoff) in
+    requests of at most half the size; here they are taken and everything is indexed once."""
     s = seed()
-    records = json_records(random.Random(s), 40, f"whole{status}")
+    records = json_records(random.Random(s), 40, f"half{status}")
     server = bulk()
     server.request_faults = [status]
     daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=60)))
     put(daemon, "events", records)
-    wait_until(lambda: error_count(daemon) >= len(records))
-    time.sleep(1.5)  # a retry would come after ~1 s
+    wait_until(lambda: server.count() >= len(records))
     daemon.stop()
 
-    assert server.count() == 0 and len(server.snapshot()) == 1, [a.fault for a in server.snapshot()]
+    assert_store_holds(server, records, {INDEX}, s)
+    attempts = server.snapshot()
+    assert attempts[0].fault == status and len(attempts[0].items) == len(records), (
+        [(a.fault, len(a.items)) for a in attempts])
+    halves = attempts[1:]
+    # Requests of at most half the bytes each (greedy packing: two or three of them).
+    assert len(halves) in (2, 3) and sum(len(a.items) for a in halves) == len(records), (
+        [(a.fault, len(a.items)) for a in attempts])
+    assert all(len(a.body) <= len(attempts[0].body) / 2 + 1 for a in halves)
+    assert halves[0].at - attempts[0].at < 0.8, "the halves waited for a backoff"
+    assert error_count(daemon) == 0
+    assert_clean(server)
+
+
+def test_a_request_refused_as_too_large_down_to_single_documents_fails_them(start, bulk):
+    """A cluster that refuses every request: halving reaches single documents, and each is then
+    an error document with the 413 and its attempts; none waits for a backoff."""
+    s = seed()
+    records = json_records(random.Random(s), 12, "always413")
+    server = bulk()
+    server.request_fault = lambda n: 413
+    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=60)))
+    put(daemon, "events", records)
+    wait_until(lambda: error_count(daemon) >= len(records))
+    daemon.stop()
+
+    attempts = server.snapshot()
+    assert server.count() == 0 and all(a.fault == 413 for a in attempts)
+    singles = collections.Counter(a.sources()[0] for a in attempts if len(a.items) == 1)
+    assert sorted(singles) == sorted(records) and set(singles.values()) == {1}, (
+        [len(a.items) for a in attempts])
+    assert attempts[-1].at - attempts[0].at < 5, "a halving round waited for a backoff"
     docs = os_error_docs(daemon)
     assert sorted(raw_data(d) for d in docs) == sorted(records), f"seed {s}"
     for d in docs:
-        assert d["errorCode"] == str(status) and d["attemptsMade"] == 1, d
-        assert f"failed with {status}" in d["errorMessage"], d
+        assert d["errorCode"] == "413" and d["attemptsMade"] >= 2, d
+        assert "failed with 413" in d["errorMessage"], d
     assert_clean(server)
 
 
