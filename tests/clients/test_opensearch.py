@@ -768,17 +768,26 @@ def test_a_request_refused_as_malformed_or_too_large_is_sent_again_in_halves(sta
     assert_clean(server)
 
 
-def test_a_request_refused_as_too_large_down_to_single_documents_fails_them(start, bulk):
-    """A cluster that refuses every request: halving reaches single documents, and each is then
-    an error document with the 413 and its attempts; none waits for a backoff."""
+def all_to_errors(start, bulk, tag: str, n: int, retry_s: int, **faults):
+    """Puts `n` records through one stream whose server has `faults` (its attributes, e.g.
+    item_fault) until every record is in the error output; (seed, records, server, daemon)."""
     s = seed()
-    records = json_records(random.Random(s), 12, "always413")
+    records = json_records(random.Random(s), n, tag)
     server = bulk()
-    server.request_fault = lambda n: 413
-    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=60)))
+    for name, fault in faults.items():
+        setattr(server, name, fault)
+    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=retry_s)))
     put(daemon, "events", records)
     wait_until(lambda: error_count(daemon) >= len(records))
     daemon.stop()
+    return s, records, server, daemon
+
+
+def test_a_request_refused_as_too_large_down_to_single_documents_fails_them(start, bulk):
+    """A cluster that refuses every request: halving reaches single documents, and each is then
+    an error document with the 413 and its attempts; none waits for a backoff."""
+    s, records, server, daemon = all_to_errors(start, bulk, "always413", 12, 60,
+                                               request_fault=lambda n: 413)
 
     attempts = server.snapshot()
     assert server.count() == 0 and all(a.fault == 413 for a in attempts)
@@ -795,14 +804,8 @@ def test_a_request_refused_as_too_large_down_to_single_documents_fails_them(star
 
 
 def test_a_zero_retry_duration_makes_one_attempt(start, bulk):
-    s = seed()
-    records = json_records(random.Random(s), 30, "retry0")
-    server = bulk()
-    server.item_fault = lambda it: 429
-    daemon = start(config_yaml(opensearch_yaml("events", server.url, retry_s=0)))
-    put(daemon, "events", records)
-    wait_until(lambda: error_count(daemon) >= len(records))
-    daemon.stop()
+    s, records, server, daemon = all_to_errors(start, bulk, "retry0", 30, 0,
+                                               item_fault=lambda it: 429)
 
     assert len(server.snapshot()) == 1
     docs = os_error_docs(daemon)
