@@ -343,6 +343,9 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The delivery loop: reads from the run's position, places each read (through `worker`
+    /// when there are plugins, one read behind it), closes objects when due, and waits for
+    /// records when the log has none; returns once drained, or on the first error.
     fn deliver_reads(
         &mut self,
         backoff: &mut Backoff,
