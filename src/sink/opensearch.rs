@@ -262,7 +262,8 @@ impl RecordBatch for BulkBatch {
         while !pending.is_empty() {
             clock.attempt();
             let mut retry = Vec::new();
-            let mut split = false;
+            // Whether a document is retried for a reason that waiting may cure (not a split).
+            let mut wait = false;
             for request in self.requests(&pending, limit) {
                 match self.attempt(&body, request) {
                     Ok(statuses) => {
@@ -276,6 +277,7 @@ impl RecordBatch for BulkBatch {
                                 429 | 500.. => {
                                     last[i] = Some(why());
                                     retry.push(i);
+                                    wait = true;
                                 }
                                 _ => undelivered.push(self.undelivered(i, why(), clock.attempts)),
                             }
@@ -284,7 +286,6 @@ impl RecordBatch for BulkBatch {
                     Err(Refusal { why, permanent }) if permanent && request.len() > 1 => {
                         let bytes: usize = request.iter().map(|&i| self.items[i].lines.len()).sum();
                         limit = limit.min(bytes / 2);
-                        split = true;
                         for &i in request {
                             last[i] = Some(why.clone());
                         }
@@ -300,6 +301,7 @@ impl RecordBatch for BulkBatch {
                         }
                         if !permanent {
                             retry.extend_from_slice(request);
+                            wait = true;
                         }
                     }
                 }
@@ -309,12 +311,8 @@ impl RecordBatch for BulkBatch {
             let Some(&first) = pending.first() else {
                 break;
             };
-            if split
-                && pending
-                    .iter()
-                    .all(|&i| last[i].as_ref().is_some_and(is_split))
-            {
-                continue; // smaller requests, at once: nothing to wait for
+            if !wait {
+                continue; // only smaller requests to send, at once
             }
             if let Some(why) = &last[first] {
                 tracing::warn!(endpoint = %self.cluster.endpoint, batch = %self.id,
@@ -344,12 +342,6 @@ impl RecordBatch for BulkBatch {
 struct Why {
     code: Arc<str>,
     message: Arc<str>,
-}
-
-/// Whether `why` is a whole request's refusal as too large or malformed, which a smaller request
-/// may not meet.
-fn is_split(why: &Why) -> bool {
-    matches!(&*why.code, "400" | "413")
 }
 
 /// A bulk request that failed as a whole; `permanent`: sending it again cannot help (the

@@ -20,7 +20,8 @@ pub const USER_AGENT: &str = concat!("spillway/", env!("CARGO_PKG_VERSION"));
 
 /// The start of a response body, as text, for error messages (Firehose keeps 8,192 characters).
 pub fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(MAX_MESSAGE)]).into_owned()
+    // Invalid bytes become 3-byte replacement characters, so the text is bounded again.
+    bounded(String::from_utf8_lossy(&body[..body.len().min(MAX_MESSAGE)]).into_owned())
 }
 
 /// The longest error message taken from a destination's answer, in bytes (Firehose's limit on an
@@ -260,6 +261,8 @@ mod tests {
         // A 3-byte character across the limit is left out whole.
         let cut = bounded(format!("{}€", "x".repeat(MAX_MESSAGE - 1)));
         assert_eq!(cut.len(), MAX_MESSAGE - 1);
+        // A body of invalid bytes, shown as replacement characters, stays within the limit too.
+        assert!(snippet(&vec![0xff; MAX_MESSAGE * 2]).len() <= MAX_MESSAGE);
     }
 
     #[test]
