@@ -9,7 +9,8 @@
 //!
 //! Needs `transforms/build.sh` to have run. `cargo bench --bench transform` (env:
 //! SPILLWAY_BENCH_RECORDS, default 1,000,000; SPILLWAY_BENCH_ONLY, a variant label's substring;
-//! SPILLWAY_BENCH_CALLS_ONLY=1, only the per-call table; SPILLWAY_BENCH_SECONDS, default 10).
+//! SPILLWAY_BENCH_CALLS_ONLY=1, only the per-call table; SPILLWAY_BENCH_SECONDS, default 10;
+//! SPILLWAY_BENCH_ROUNDS, default 5).
 
 mod load;
 
@@ -57,6 +58,12 @@ fn variants() -> Vec<Variant> {
         Variant {
             label: "rename",
             processing: format!("[ {}, {{ append_delimiter: true }} ]", wasm("rename", "")),
+            s3: "",
+        },
+        Variant {
+            // No JSON walk: the plugin machinery's own cost (records hold no newline).
+            label: "split (one piece each)",
+            processing: format!("[ {}, {{ append_delimiter: true }} ]", wasm("split", "")),
             s3: "",
         },
         Variant {
@@ -205,28 +212,32 @@ fn main() {
     let n: usize = load::env_or("SPILLWAY_BENCH_RECORDS", 1_000_000);
     let recs = records(n);
     let mean = recs.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
-    println!("One pipeline (one shard) delivering {n} records of {mean:.0} bytes from the log to a local lake; size_mib 64; best of 3 runs");
+    let rounds: usize = load::env_or("SPILLWAY_BENCH_ROUNDS", 5);
+    println!("One pipeline (one shard) delivering {n} records of {mean:.0} bytes from the log to a local lake; size_mib 64; best of {rounds} rounds, the variants interleaved in each");
     println!("| variant | records/s | MB/s | objects | vs no plugin |");
     println!("|---|---|---|---|---|");
     let calls_only = std::env::var_os("SPILLWAY_BENCH_CALLS_ONLY").is_some();
-    let mut baseline = None;
     // SPILLWAY_BENCH_ONLY=<label substring> runs the baseline and the matching variants (for profiling).
     let only = std::env::var("SPILLWAY_BENCH_ONLY").ok();
-    for v in variants()
+    let chosen: Vec<Variant> = variants()
         .into_iter()
         .enumerate()
         .filter(|_| !calls_only)
         .filter(|(i, v)| *i == 0 || only.as_ref().is_none_or(|o| v.label.contains(o.as_str())))
         .map(|(_, v)| v)
-    {
-        let mut best = f64::MAX;
-        let mut objects = 0;
-        for _ in 0..3 {
-            let (t, o) = drain(&v, &recs);
-            best = best.min(t);
-            objects = o;
+        .collect();
+    // Rounds, not runs of one variant after another: this machine's speed drifts by tens of per
+    // cent within minutes, and interleaving exposes every variant to the same drift.
+    let mut best = vec![(f64::MAX, 0); chosen.len()];
+    for _ in 0..rounds {
+        for (v, best) in chosen.iter().zip(&mut best) {
+            let (t, objects) = drain(v, &recs);
+            *best = (best.0.min(t), objects);
         }
-        let rate = n as f64 / best;
+    }
+    let mut baseline = None;
+    for (v, (secs, objects)) in chosen.iter().zip(best) {
+        let rate = n as f64 / secs;
         let base = *baseline.get_or_insert(rate);
         println!(
             "| {} | {rate:.0} | {:.1} | {objects} | {:+.1} % |",

@@ -50,6 +50,10 @@ use crate::transform::Transforms;
 
 /// Bytes read from the log per step (the pipeline's read buffer).
 const READ_BYTES: usize = 1 << 20;
+/// With plugins, how many reads the transformation thread may be ahead of placing. Two, not one:
+/// the threads cost about the same per read, and with a single read of slack every hiccup of one
+/// (an object written, a slow read) idles the other.
+const READS_AHEAD: usize = 2;
 /// Longest a pipeline sleeps before it looks at the drain flag again.
 const POLL: Duration = Duration::from_millis(100);
 /// Objects a checkpoint may record above its low-water mark before the partition holding the mark
@@ -249,8 +253,8 @@ struct Run<'a> {
     /// The next sequence number to process.
     processed: u64,
     scratch: Vec<Outcome>,
-    /// An emptied vector for a read's outcomes after the plugins (reused across reads).
-    transformed: Vec<(usize, Outcome)>,
+    /// Emptied vectors for reads' outcomes after the plugins (reused across reads).
+    transformed: Vec<Vec<(usize, Outcome)>>,
     /// The partition id of the record being placed (reused: no allocation per record).
     id: String,
     /// Whether this run delivered an object.
@@ -328,8 +332,8 @@ impl<'a> Run<'a> {
         }
         let settings = self.settings;
         std::thread::scope(|scope| {
-            let (jobs, inbox) = std::sync::mpsc::sync_channel(1);
-            let (outbox, done) = std::sync::mpsc::sync_channel(1);
+            let (jobs, inbox) = std::sync::mpsc::sync_channel(READS_AHEAD);
+            let (outbox, done) = std::sync::mpsc::sync_channel(READS_AHEAD);
             let thread = std::thread::Builder::new()
                 .name(format!("transform-{}", self.p.shard.id()))
                 .spawn_scoped(scope, move || Transformer::serve(settings, inbox, outbox))
@@ -359,35 +363,37 @@ impl<'a> Run<'a> {
             reader = reader.drop_cache_behind();
         }
         let mut full = Vec::new();
-        // Whether a read is with the worker, not yet placed.
-        let mut ahead = false;
+        // Reads with the worker, not yet placed.
+        let mut in_flight = 0;
         loop {
             let bytes = READ_BYTES.max(self.settings.transforms.buffer_bytes());
-            let batch = reader.read(MAX_READ_RECORDS, bytes)?;
+            let mut batch = reader.read(MAX_READ_RECORDS, bytes)?;
             if let Some(w) = &worker {
                 let sent = !batch.is_empty();
                 if sent {
-                    let items = std::mem::take(&mut self.transformed);
+                    let items = self.transformed.pop().unwrap_or_default();
                     w.jobs
                         .send(Transformed { batch, items })
                         .map_err(|_| Worker::gone())?;
+                    in_flight += 1;
                 }
-                if ahead {
-                    // The read before, placed while the worker transforms the one just sent.
-                    let Transformed { batch, mut items } =
-                        w.done.recv().map_err(|_| Worker::gone())?;
-                    self.place_read(&batch, Some(&mut items), &mut full, backoff)?;
+                if in_flight > READS_AHEAD || (!sent && in_flight > 0) {
+                    // The oldest read, placed while the worker transforms the ones after it.
+                    let Transformed {
+                        mut batch,
+                        mut items,
+                    } = w.done.recv().map_err(|_| Worker::gone())?;
+                    in_flight -= 1;
+                    self.place_read(&mut batch, Some(&mut items), &mut full, backoff)?;
                     items.clear();
-                    self.transformed = items;
-                    ahead = sent;
+                    self.transformed.push(items);
                     continue;
                 }
                 if sent {
-                    ahead = true;
                     continue; // read on while the worker transforms
                 }
             } else if !batch.is_empty() {
-                self.place_read(&batch, None, &mut full, backoff)?;
+                self.place_read(&mut batch, None, &mut full, backoff)?;
                 continue;
             }
             self.replay_closes(self.processed)?;
@@ -421,13 +427,13 @@ impl<'a> Run<'a> {
     /// here record by record.
     fn place_read(
         &mut self,
-        batch: &[LogRecord],
+        batch: &mut [LogRecord],
         items: Option<&mut Vec<(usize, Outcome)>>,
         full: &mut Vec<String>,
         backoff: &mut Backoff,
     ) -> Result<(), PipelineError> {
         let mut transformed = items.map(|items| items.drain(..).peekable());
-        for (i, record) in batch.iter().enumerate() {
+        for (i, record) in batch.iter_mut().enumerate() {
             self.replay_closes(record.sequence.0)?;
             let mut outcomes = std::mem::take(&mut self.scratch);
             match &mut transformed {
@@ -997,8 +1003,8 @@ struct Transformed {
     items: Vec<(usize, Outcome)>,
 }
 
-/// The processors and plugins of a stream, run on a thread of their own one read ahead of the
-/// pipeline that places the records. A plugin costs about as much per record as placing does,
+/// The processors and plugins of a stream, run on a thread of their own up to [`READS_AHEAD`]
+/// reads ahead of the pipeline that places the records. A plugin costs about as much per record as placing does,
 /// so a shard's pipeline then uses two cores instead of one. What a read becomes depends on
 /// its records alone, so running it early changes nothing downstream; a read in flight when
 /// the run ends is dropped and read again by the replay.
@@ -1017,7 +1023,7 @@ impl Transformer {
     ) {
         let mut t = Transformer::default();
         for mut read in inbox {
-            t.run(settings, &read.batch, &mut read.items);
+            t.run(settings, &mut read.batch, &mut read.items);
             if outbox.send(read).is_err() {
                 return;
             }
@@ -1029,10 +1035,10 @@ impl Transformer {
     fn run(
         &mut self,
         settings: &DeliverySettings,
-        batch: &[LogRecord],
+        batch: &mut [LogRecord],
         items: &mut Vec<(usize, Outcome)>,
     ) {
-        for (i, record) in batch.iter().enumerate() {
+        for (i, record) in batch.iter_mut().enumerate() {
             settings.processors.run(record, &mut self.scratch);
             items.extend(self.scratch.drain(..).map(|o| (i, o)));
         }
@@ -1448,7 +1454,7 @@ mod tests {
         Transforms::load(&[crate::config::Processor::Wasm(wasm)], None).unwrap()
     }
 
-    /// With a plugin, reads are transformed on the worker thread one read ahead of placing; with
+    /// With a plugin, reads are transformed on the worker thread ahead of placing; with
     /// commits failing at random, runs end while a read is with the worker and are replayed.
     #[test]
     fn with_a_plugin_every_record_is_delivered_once_across_reads_and_replays() {

