@@ -19,18 +19,27 @@ static void rename_record(spw_out *out, const spw_record *r) {
         spw_out_failed(out, r->id, "record is not a JSON object");
         return;
     }
+    static const char message[] = "\"message\"", enriched[] = ",\"enriched\":true";
     const uint8_t *p = r->data, *close = obj.close, *end = r->data + r->len;
+    /* The output's length is known: one piece written in place (no comma for an empty object). */
+    const char *add = obj.members ? enriched : enriched + 1;
+    uint32_t add_len = (uint32_t)strlen(add);
+    uint32_t size = r->len + add_len + (msg_key ? (uint32_t)(sizeof message - 1) - 5 : 0);
     spw_out_result(out, r->id, SPW_OK);
-    spw_out_piece_begin(out);
+    uint8_t *d = spw_out_piece_space(out, size);
+    if (!d) return;
     if (msg_key) {
-        spw_out_append(out, p, (uint32_t)(msg_key - p));
-        spw_out_append_str(out, "\"message\"");
+        memcpy(d, p, (size_t)(msg_key - p));
+        d += msg_key - p;
+        memcpy(d, message, sizeof message - 1);
+        d += sizeof message - 1;
         p = msg_key + 5; /* past "msg" and its quotes */
     }
-    spw_out_append(out, p, (uint32_t)(close - p));
-    spw_out_append_str(out, obj.members ? ",\"enriched\":true" : "\"enriched\":true");
-    spw_out_append(out, close, (uint32_t)(end - close));
-    spw_out_piece_end(out);
+    memcpy(d, p, (size_t)(close - p));
+    d += close - p;
+    memcpy(d, add, add_len);
+    d += add_len;
+    memcpy(d, close, (size_t)(end - close));
 }
 
 SPW_EXPORT(spillway_transform)

@@ -245,6 +245,19 @@ static inline void spw_out_piece(spw_out *o, const void *p, uint32_t n) {
     spw_out_piece_end(o);
 }
 
+/* A whole piece of n bytes that the caller writes in place: returns where to write them, or
+ * NULL after an error (which spw_out_finish reports). For a piece whose length is known
+ * beforehand it saves streaming's checks and bookkeeping per append. The pointer is valid
+ * until the next spw_out_* call. */
+static inline uint8_t *spw_out_piece_space(spw_out *o, uint32_t n) {
+    spw_out_piece_begin(o);
+    if (o->error || !spw__reserve(o, n)) return NULL;
+    uint8_t *at = o->buf + o->len;
+    o->len += n;
+    spw_out_piece_end(o);
+    return o->error ? NULL : at;
+}
+
 /* A partition key of the open result (after its pieces). Checks the ABI's limits. */
 static inline void spw_out_key(spw_out *o, const void *k, uint32_t klen, const void *v, uint32_t vlen) {
     if (!o->pieces_at || klen == 0 || klen > SPW_MAX_KEY_BYTES || vlen > SPW_MAX_VALUE_BYTES ||
