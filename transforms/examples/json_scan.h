@@ -52,18 +52,29 @@ static inline uint64_t js_word_special(uint64_t w) {
 #if defined(__wasm_simd128__)
 #include <wasm_simd128.h>
 
+/* The stops of a string scan among the 16 bytes at p, as a bitmask: '"', '\\' and bytes < 0x20. */
+static inline uint32_t js_stops16(const uint8_t *p) {
+    v128_t v = wasm_v128_load(p);
+    v128_t stop = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')),
+                                            wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))),
+                               wasm_u8x16_lt(v, wasm_i8x16_splat(0x20)));
+    return (uint32_t)wasm_i8x16_bitmask(stop);
+}
+
 /* p at the opening quote; returns the position after the closing quote, or NULL. Strings are
- * most of a JSON record: 16 bytes at a time, each compared with '"', '\\' and 0x20, and the
- * bitmask of the hits says where the first stop is. */
+ * most of a JSON record: 16 bytes at a time, and the bitmask of the stops says where the first
+ * one is. */
 static inline const uint8_t *js_string_end(const uint8_t *p, const uint8_t *e) {
-    const v128_t quote = wasm_i8x16_splat('"'), backslash = wasm_i8x16_splat('\\'),
-                 space = wasm_i8x16_splat(0x20);
-    for (p++; p < e;) {
+    p++;
+    /* Most strings end within 16 bytes: the first block is looked at before the loop, each
+     * entry of which costs a deadline (epoch) check in the compiled plugin. */
+    if (e - p >= 16) {
+        uint32_t bits = js_stops16(p);
+        if (bits && p[__builtin_ctz(bits)] == '"') return p + __builtin_ctz(bits) + 1;
+    }
+    while (p < e) {
         if (e - p >= 16) {
-            v128_t v = wasm_v128_load(p);
-            v128_t stop = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(v, quote), wasm_i8x16_eq(v, backslash)),
-                                       wasm_u8x16_lt(v, space));
-            uint32_t bits = (uint32_t)wasm_i8x16_bitmask(stop);
+            uint32_t bits = js_stops16(p);
             if (!bits) { p += 16; continue; }
             p += __builtin_ctz(bits);
         }
