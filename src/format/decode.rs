@@ -396,7 +396,7 @@ fn value(
         }
         (ColumnType::Double | ColumnType::Float, b'-' | b'0'..=b'9') => {
             let (text, _) = p.number()?;
-            match text.parse::<f64>() {
+            match simple_decimal(text.as_bytes()).map_or_else(|| text.parse::<f64>(), Ok) {
                 Ok(f) if f.is_finite() => {
                     match col {
                         ColumnBuilder::Float64(l) => l.push(f),
@@ -578,6 +578,50 @@ fn truncate_chars(s: &str, n: usize) -> &str {
 }
 
 /// Bytes that end the fast scan of a string: the quote, the backslash and control characters.
+/// Whether one of the 8 bytes of `w` stops a string scan: `"`, `\\` or a control byte (the
+/// [`SPECIAL`] ones). The "has a zero byte" test applied to `w ^ '"'`, `w ^ '\\'` and `w - 0x20`:
+/// exact as a yes or no (borrows only happen below a byte that is a hit).
+fn stops_in(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let hits = (q.wrapping_sub(ONES) & !q)
+        | (b.wrapping_sub(ONES) & !b)
+        | (w.wrapping_sub(ONES * 0x20) & !w);
+    hits & HIGHS != 0
+}
+
+/// Clinger's fast path for a number token: without an exponent and with at most 15 digits, the
+/// value is `digits / 10^fraction_digits` with both exact in `f64`, so one correctly rounded
+/// division is the correctly rounded value (what `str::parse` returns, bit for bit), without the
+/// general algorithm. `None`: use `str::parse`.
+fn simple_decimal(text: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, body) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    let (mut mantissa, mut digits, mut fraction) = (0u64, 0usize, None);
+    for (k, &c) in body.iter().enumerate() {
+        match c {
+            b'0'..=b'9' if digits < 15 => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if fraction.is_none() => fraction = Some(body.len() - k - 1),
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[fraction.unwrap_or(0)];
+    Some(if negative { -v } else { v })
+}
+
 const SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
@@ -660,6 +704,19 @@ impl<'a> Parser<'a> {
         // table lookup per byte beats a vectorised search's set-up).
         let mut end = start;
         let mut high = 0u8;
+        // Eight bytes at a time while none of them stops the scan (most of a record is strings).
+        let mut wide = 0u64;
+        while let Some(word) = self.s.get(end..end + 8) {
+            let Ok(word) = <[u8; 8]>::try_from(word) else {
+                break;
+            };
+            let w = u64::from_le_bytes(word);
+            if stops_in(w) {
+                break;
+            }
+            wide |= w;
+            end += 8;
+        }
         while let Some(&b) = self.s.get(end) {
             if SPECIAL[b as usize] {
                 break;
@@ -675,7 +732,7 @@ impl<'a> Parser<'a> {
             return Err(self.syntax("control character in a string"));
         }
         let run = &self.s[start..end];
-        let non_ascii = high >= 0x80;
+        let non_ascii = high >= 0x80 || wide & 0x8080_8080_8080_8080 != 0;
         if stop == b'"' {
             self.i += 1;
             return if non_ascii {
@@ -1057,6 +1114,51 @@ mod tests {
         ];
         proptest::collection::btree_map(names.prop_map(String::from), any_json(), 0..10)
             .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        /// The word test stops exactly where the byte table does.
+        #[test]
+        fn word_stops_match_the_byte_table(word in any::<[u8; 8]>(), pick in 0usize..8, byte in 0u8..0x80) {
+            let mut word = word;
+            for w in [word, { word[pick] = byte; word }] {
+                let expected = w.iter().any(|&b| SPECIAL[b as usize]);
+                prop_assert_eq!(stops_in(u64::from_le_bytes(w)), expected, "{:?}", w);
+            }
+        }
+
+        /// The fast path reads a decimal to the bit that `str::parse` does, or leaves it alone.
+        #[test]
+        fn simple_decimals_parse_like_the_standard_library(
+            text in "-?[0-9]{1,17}(\\.[0-9]{1,17})?",
+        ) {
+            if let Some(fast) = simple_decimal(text.as_bytes()) {
+                let standard: f64 = text.parse().unwrap();
+                prop_assert_eq!(fast.to_bits(), standard.to_bits(), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn simple_decimals_cover_the_usual_numbers() {
+        for text in [
+            "0",
+            "-0",
+            "224.62",
+            "-30.1561",
+            "0.1",
+            "123456789012345",
+            "0.000001",
+        ] {
+            assert_eq!(
+                simple_decimal(text.as_bytes()).map(f64::to_bits),
+                Some(text.parse::<f64>().unwrap().to_bits()),
+                "{text}"
+            );
+        }
+        for text in ["1234567890123456", "1e5", "1.5E-3", "-", "1.2.3"] {
+            assert_eq!(simple_decimal(text.as_bytes()), None, "{text}");
+        }
     }
 
     proptest! {

@@ -116,9 +116,48 @@ pub fn parse_openx(v: &Value) -> Option<i64> {
     }
 }
 
+/// `yyyy-MM-dd'T'HH:mm:ss[.f]'Z'` with every field at its fixed place: the usual form, read
+/// without the general scanner's loops (it was 6 % of a Parquet conversion). `None` for anything
+/// else, which the general scanner then reads; what this accepts, that accepts the same.
+fn iso_utc_fixed(s: &[u8]) -> Option<i64> {
+    let [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1, b'T', h0, h1, b':', i0, i1, b':', s0, s1, rest @ ..] =
+        s
+    else {
+        return None;
+    };
+    let [fraction @ .., b'Z'] = rest else {
+        return None;
+    };
+    let digit = |c: &u8| {
+        let d = c.wrapping_sub(b'0');
+        (d < 10).then_some(i64::from(d))
+    };
+    let two = |a: &u8, b: &u8| Some(digit(a)? * 10 + digit(b)?);
+    let nanos = match fraction {
+        [] => 0,
+        [b'.', f @ ..] if (1..=9).contains(&f.len()) => {
+            let n = f.iter().try_fold(0i64, |n, c| Some(n * 10 + digit(c)?))?;
+            n * 10i64.pow(9 - f.len() as u32)
+        }
+        _ => return None,
+    };
+    civil_micros(
+        two(y0, y1)? * 100 + two(y2, y3)?,
+        two(m0, m1)?,
+        two(d0, d1)?,
+        two(h0, h1)?,
+        two(i0, i1)?,
+        two(s0, s1)?,
+        nanos,
+    )
+}
+
 /// A timestamp string as the OpenX JSON SerDe reads it.
 pub fn parse_openx_str(s: &str) -> Option<i64> {
     let s = s.trim();
+    if let Some(micros) = iso_utc_fixed(s.as_bytes()) {
+        return Some(micros);
+    }
     if let Some((mut c, micros)) = date_time(s, b'T', 2) {
         c.lit(b'Z')?;
         return c.done().then_some(micros);
@@ -350,6 +389,22 @@ mod tests {
             let t = crate::time::UtcDateTime::from_epoch_ms(micros.div_euclid(1000));
             let text = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", t.year, t.month, t.day, t.hour, t.minute, t.second, micros.rem_euclid(1_000_000));
             prop_assert_eq!(parse_openx(&Value::String(text)), Some(micros));
+        }
+
+        /// The fixed-place reading of the usual form agrees with the general scanner on strings
+        /// of its shape and on near misses.
+        #[test]
+        fn fixed_iso_agrees_with_the_general_scanner(
+            s in "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{1,2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?Z?",
+            junk in "[0-9TZ:. -]{0,30}",
+        ) {
+            for text in [s.as_str(), junk.as_str()] {
+                let general = date_time(text, b'T', 2)
+                    .and_then(|(mut c, micros)| c.lit(b'Z').and_then(|()| c.done().then_some(micros)));
+                if let Some(fixed) = iso_utc_fixed(text.as_bytes()) {
+                    prop_assert_eq!(Some(fixed), general, "{}", text);
+                }
+            }
         }
 
         /// Arbitrary strings never panic either parser.
