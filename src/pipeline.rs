@@ -435,16 +435,20 @@ impl<'a> Run<'a> {
         let mut transformed = items.map(|items| items.drain(..).peekable());
         for (i, record) in batch.iter_mut().enumerate() {
             self.replay_closes(record.sequence.0)?;
-            let mut outcomes = std::mem::take(&mut self.scratch);
             match &mut transformed {
-                None => self.settings.processors.run(record, &mut outcomes),
-                Some(t) => {
-                    while let Some((_, o)) = t.next_if(|(j, _)| *j == i) {
-                        outcomes.push(o);
-                    }
+                None => {
+                    let mut outcomes = std::mem::take(&mut self.scratch);
+                    self.settings.processors.run(record, &mut outcomes);
+                    let taken = self.take(outcomes.drain(..), full);
+                    self.scratch = outcomes;
+                    taken?;
                 }
+                // Straight from the worker's items: no copy into the scratch vector first.
+                Some(t) => self.take(
+                    std::iter::from_fn(|| t.next_if(|(j, _)| *j == i).map(|(_, o)| o)),
+                    full,
+                )?,
             }
-            self.take(outcomes, full)?;
             self.processed = record.sequence.0 + 1;
             if !full.is_empty() {
                 self.close(std::mem::take(full))?;
@@ -492,16 +496,16 @@ impl<'a> Run<'a> {
             })
     }
 
-    /// Routes the pieces of one log record (`outcomes`, given back emptied as the scratch
-    /// vector) into their partitions; partitions that became full are added to `full`.
+    /// Routes the pieces of one log record (`outcomes`) into their partitions; partitions that
+    /// became full are added to `full`.
     fn take(
         &mut self,
-        mut outcomes: Vec<Outcome>,
+        outcomes: impl Iterator<Item = Outcome>,
         full: &mut Vec<String>,
     ) -> Result<(), PipelineError> {
         let mut result = Ok(());
         let mut id = std::mem::take(&mut self.id);
-        for outcome in outcomes.drain(..) {
+        for outcome in outcomes {
             let placed = match outcome {
                 Outcome::Ok(r) => match &self.settings.partitioner {
                     None => self.place(Cow::Borrowed(unpartitioned()), false, &r, None, full),
@@ -529,8 +533,6 @@ impl<'a> Run<'a> {
             }
         }
         self.id = id;
-        outcomes.clear();
-        self.scratch = outcomes;
         result
     }
 
