@@ -124,6 +124,15 @@ impl Pieces {
     pub fn is_empty(&self) -> bool {
         self.first.is_none()
     }
+
+    /// The piece, if there is exactly one (the usual case), taken out.
+    pub fn take_only(&mut self) -> Option<Bytes> {
+        if self.rest.is_empty() {
+            self.first.take()
+        } else {
+            None
+        }
+    }
 }
 
 impl From<Vec<Bytes>> for Pieces {

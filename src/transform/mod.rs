@@ -204,7 +204,7 @@ impl Transform {
             let Outcome::Ok(r) = outcome else {
                 continue;
             };
-            let (result, attempts) = match &mut results {
+            let (mut result, attempts) = match &mut results {
                 Ok(list) => (list.next().ok_or(None), attempts),
                 Err(_) if isolate => {
                     s.batch.clear();
@@ -218,6 +218,15 @@ impl Transform {
                 }
                 Err(e) => (Err(Some(e.clone())), attempts),
             };
+            if let Ok(RecordResult::Ok { pieces, keys }) = &mut result {
+                // The usual result, one record and no keys: only the data changes.
+                if keys.is_empty() {
+                    if let Some(data) = pieces.take_only() {
+                        r.data = data;
+                        continue;
+                    }
+                }
+            }
             self.settle(*i, take_record(r), result, attempts, &mut s.settled);
             if s.settled.len() == 1 {
                 if let Some((_, became)) = s.settled.pop() {
