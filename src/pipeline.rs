@@ -325,7 +325,8 @@ impl<'a> Run<'a> {
     }
 
     /// Delivers from the run's position until drained. With plugins, each read is transformed on
-    /// a thread of its own while the one before it is placed (see [`Transformer`]).
+    /// a thread of its own, up to [`READS_AHEAD`] reads ahead of the one being placed (see
+    /// [`Transformer`]).
     fn deliver(&mut self, backoff: &mut Backoff) -> Result<(), PipelineError> {
         if self.settings.transforms.is_empty() {
             return self.deliver_reads(backoff, None);
@@ -348,7 +349,7 @@ impl<'a> Run<'a> {
     }
 
     /// The delivery loop: reads from the run's position, places each read (through `worker`
-    /// when there are plugins, one read behind it), closes objects when due, and waits for
+    /// when there are plugins, up to [`READS_AHEAD`] reads behind it), closes objects when due, and waits for
     /// records when the log has none; returns once drained, or on the first error.
     fn deliver_reads(
         &mut self,
@@ -1457,7 +1458,7 @@ mod tests {
     }
 
     /// With a plugin, reads are transformed on the worker thread ahead of placing; with
-    /// commits failing at random, runs end while a read is with the worker and are replayed.
+    /// commits failing at random, runs end while reads are with the worker and are replayed.
     #[test]
     fn with_a_plugin_every_record_is_delivered_once_across_reads_and_replays() {
         let mut s = (*settings()).clone();
@@ -1466,9 +1467,9 @@ mod tests {
             flaky: 3,
             ..MemoryStore::default()
         });
-        // 25,000 records of 50-100 bytes: three reads (10,000 records at most each), and objects
-        // of 1 MiB closing inside them.
-        let records: Vec<Vec<u8>> = (0..25_000)
+        // 65,000 records of 50-100 bytes: seven reads (10,000 records at most each), so that runs
+        // end with up to three reads in flight, and objects of 1 MiB closing inside them.
+        let records: Vec<Vec<u8>> = (0..65_000)
             .map(|i| format!("record-{i:06}-{}", "x".repeat(40 + i % 50)).into_bytes())
             .collect();
         let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);

@@ -577,7 +577,6 @@ fn truncate_chars(s: &str, n: usize) -> &str {
     }
 }
 
-/// Bytes that end the fast scan of a string: the quote, the backslash and control characters.
 /// Whether one of the 8 bytes of `w` stops a string scan: `"`, `\\` or a control byte (the
 /// [`SPECIAL`] ones). The "has a zero byte" test applied to `w ^ '"'`, `w ^ '\\'` and `w - 0x20`:
 /// exact as a yes or no (borrows only happen below a byte that is a hit).
@@ -622,6 +621,7 @@ fn simple_decimal(text: &[u8]) -> Option<f64> {
     Some(if negative { -v } else { v })
 }
 
+/// Bytes that end the fast scan of a string: the quote, the backslash and control characters.
 const SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
@@ -700,11 +700,10 @@ impl<'a> Parser<'a> {
     {
         self.expect(b'"')?;
         let start = self.i;
-        // Fast path: scan to the closing quote or the first escape (strings are mostly short, so a
-        // table lookup per byte beats a vectorised search's set-up).
+        // Fast path: scan to the closing quote or the first escape, eight bytes at a time while
+        // none of them stops the scan, then byte by byte through the table.
         let mut end = start;
         let mut high = 0u8;
-        // Eight bytes at a time while none of them stops the scan (most of a record is strings).
         let mut wide = 0u64;
         while let Some(word) = self.s.get(end..end + 8) {
             let Ok(word) = <[u8; 8]>::try_from(word) else {

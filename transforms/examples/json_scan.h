@@ -70,7 +70,8 @@ static inline const uint8_t *js_string_end(const uint8_t *p, const uint8_t *e) {
      * entry of which costs a deadline (epoch) check in the compiled plugin. */
     if (e - p >= 16) {
         uint32_t bits = js_stops16(p);
-        if (bits && p[__builtin_ctz(bits)] == '"') return p + __builtin_ctz(bits) + 1;
+        if (!bits) p += 16;
+        else if (p[__builtin_ctz(bits)] == '"') return p + __builtin_ctz(bits) + 1;
     }
     while (p < e) {
         if (e - p >= 16) {

@@ -138,7 +138,8 @@ static inline void spw_batch_free(spw_batch *b) {
 /* ---- building the output buffer ----
  *
  * spw_out_begin(); then per record spw_out_result() (or spw_out_ok / _dropped / _failed),
- * then its pieces (spw_out_piece, or spw_out_piece_begin + spw_out_append* + spw_out_piece_end),
+ * then its pieces (spw_out_piece, or spw_out_piece_begin + spw_out_append* + spw_out_piece_end,
+ * or spw_out_piece_space for a piece of known length written in place),
  * then its partition keys (spw_out_key); finally spw_out_finish().
  * Any misuse or allocation failure sets o->error, and spw_out_finish() then returns 0
  * (the whole batch failed) instead of emitting a malformed buffer.
