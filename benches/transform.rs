@@ -197,9 +197,7 @@ fn median_call(plugin: &Plugin, batch: &BatchWriter, runs: usize) -> f64 {
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
-            let r = plugin
-                .call(batch.bytes(), batch.count(), &mut buffers)
-                .unwrap();
+            let r = plugin.call(batch, &mut buffers).unwrap();
             std::hint::black_box(r);
             t.elapsed().as_secs_f64()
         })

@@ -31,7 +31,7 @@ use crate::config::{Processor, WasmConfig};
 use crate::error_output::Failure;
 use crate::process::{Outcome, Record, PROCESSING_FAILED};
 
-use self::abi::{BatchWriter, RecordResult, MAX_BATCH_BYTES};
+use self::abi::{RecordResult, MAX_BATCH_BYTES};
 use self::plugin::{CallError, OutputBuffers, Plugin, PluginSpec};
 
 /// A plugin that cannot be used: the delivery stream does not start.
@@ -106,7 +106,6 @@ impl Transforms {
 /// What a pipeline keeps between reads so that transforming allocates nothing in the steady state.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    batch: BatchWriter,
     outputs: OutputBuffers,
     /// What one record became, before it goes back in its place.
     settled: Vec<(usize, Outcome)>,
@@ -135,23 +134,23 @@ impl Transform {
     /// moving each twice more per plugin was a tenth of the plugin thread); records that become
     /// zero or several are set aside and spliced in by one pass at the end.
     fn run(&self, items: &mut Vec<(usize, Outcome)>, s: &mut Scratch) {
-        s.batch.clear();
         s.extra.clear();
         s.reshaped.clear();
-        let mut start = 0;
+        // The batch being cut: items[start..j], of `len` bytes encoded and `count` records.
+        let (mut start, mut len, mut count) = (0, abi::BATCH_HEADER, 0);
         for j in 0..items.len() {
             let need = match &items[j].1 {
                 Outcome::Ok(r) => abi::encoded_len(r.data.len()),
                 Outcome::Failed(..) => continue,
             };
-            if !s.batch.is_empty() && s.batch.len() + need > self.buffer_bytes {
-                self.flush(items, start..j, s);
-                start = j;
+            if count > 0 && len + need > self.buffer_bytes {
+                self.flush(items, start..j, Pending::sized(len, count), s);
+                (start, len, count) = (j, abi::BATCH_HEADER, 0);
             }
             let Outcome::Ok(r) = &mut items[j].1 else {
                 continue;
             };
-            if s.batch.len() + need > MAX_BATCH_BYTES {
+            if len + need > MAX_BATCH_BYTES {
                 let r = take_record(r);
                 let f = self.failure(
                     PAYLOAD_TOO_LARGE,
@@ -163,11 +162,12 @@ impl Transform {
                 );
                 items[j].1 = Outcome::Failed(r, Box::new(f));
             } else {
-                s.batch.push(r.arrival_ms, &r.data);
+                len += need;
+                count += 1;
             }
         }
         let end = items.len();
-        self.flush(items, start..end, s);
+        self.flush(items, start..end, Pending::sized(len, count), s);
         if !s.reshaped.is_empty() {
             s.out.clear();
             let mut extra = s.extra.drain(..);
@@ -183,40 +183,48 @@ impl Transform {
         }
     }
 
-    /// Calls the plugin on `s.batch` (the `Ok` records of `items[range]`, in order) and puts
-    /// what became of each record in its place, or into `s.extra` (see [`Transform::run`]).
+    /// Calls the plugin on the `Ok` records of `items[range]` (`size`: their encoded length and
+    /// count), encoded straight into its memory, and puts what became of each record in its
+    /// place, or into `s.extra` (see [`Transform::run`]).
     ///
     /// A batch of several records that fails after its retries for any reason but the deadline
     /// is tried again record by record, so that a record that breaks the plugin fails alone:
     /// every record's outcome is then what the plugin makes of it, whatever batch it came in
     /// (which replays after a crash need, as batches are cut from reads). A deadline failure is
     /// not: each single call could cost a deadline again.
-    fn flush(&self, items: &mut [(usize, Outcome)], range: Range<usize>, s: &mut Scratch) {
-        if s.batch.is_empty() {
+    fn flush(
+        &self,
+        items: &mut [(usize, Outcome)],
+        range: Range<usize>,
+        size: Pending<'static>,
+        s: &mut Scratch,
+    ) {
+        if size.count == 0 {
             return;
         }
-        let (results, attempts) = self.call(&s.batch, &mut s.outputs);
-        let isolate = matches!(&results, Err(e) if !e.deadline) && s.batch.count() > 1;
-        s.batch.clear();
+        let batch = Pending {
+            items: &items[range.clone()],
+            ..size
+        };
+        let (results, attempts) = self.call(&batch, &mut s.outputs);
+        let isolate = matches!(&results, Err(e) if !e.deadline) && size.count > 1;
         let mut results = results.map(Vec::into_iter);
         for j in range {
-            let (i, outcome) = &mut items[j];
-            let Outcome::Ok(r) = outcome else {
-                continue;
-            };
             let (mut result, attempts) = match &mut results {
+                _ if !matches!(items[j].1, Outcome::Ok(_)) => continue,
                 Ok(list) => (list.next().ok_or(None), attempts),
                 Err(_) if isolate => {
-                    s.batch.clear();
-                    s.batch.push(r.arrival_ms, &r.data);
-                    let (result, attempts) = self.call(&s.batch, &mut s.outputs);
-                    s.batch.clear();
+                    let (result, attempts) = self.call(&Pending::of(&items[j..=j]), &mut s.outputs);
                     let result = result
                         .map_err(Some)
                         .and_then(|list| list.into_iter().next().ok_or(None));
                     (result, attempts)
                 }
                 Err(e) => (Err(Some(e.clone())), attempts),
+            };
+            let (i, outcome) = &mut items[j];
+            let Outcome::Ok(r) = outcome else {
+                continue;
             };
             if let Ok(RecordResult::Ok { pieces, keys }) = &mut result {
                 // The usual result, one record and no keys: only the data changes.
@@ -296,18 +304,18 @@ impl Transform {
     /// One batch, with its retries: the results, or the last error; and the attempts made.
     fn call(
         &self,
-        batch: &BatchWriter,
+        batch: &dyn abi::Batch,
         outputs: &mut OutputBuffers,
     ) -> (Result<Vec<RecordResult>, CallError>, u32) {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.plugin.call(batch.bytes(), batch.count(), outputs) {
+            match self.plugin.call(batch, outputs) {
                 Ok(results) => return (Ok(results), attempt),
                 Err(e) => {
                     let last = attempt > self.retries;
                     tracing::warn!(plugin = %self.plugin.identity(), code = e.code, error = %e.message,
-                        records = batch.count(), attempt, "transformation failed{}",
+                        records = batch.records(), attempt, "transformation failed{}",
                         if last { "; its records go to the processing-failed output" } else { "; retrying" });
                     if last {
                         return (Err(e), attempt);
@@ -325,6 +333,56 @@ impl Transform {
             attempts,
             plugin: Some(Arc::clone(self.plugin.identity())),
         }
+    }
+}
+
+/// A batch for a plugin: the `Ok` records of `items`, written straight into the plugin's memory
+/// from the records (no staging buffer, which was one more copy of every byte).
+struct Pending<'a> {
+    items: &'a [(usize, Outcome)],
+    /// Encoded length and number of the `Ok` records.
+    len: usize,
+    count: usize,
+}
+
+impl Pending<'_> {
+    /// The size of a batch, before its items are known.
+    fn sized(len: usize, count: usize) -> Pending<'static> {
+        Pending {
+            items: &[],
+            len,
+            count,
+        }
+    }
+
+    /// The batch of the `Ok` records of `items`.
+    fn of(items: &[(usize, Outcome)]) -> Pending<'_> {
+        let (mut len, mut count) = (abi::BATCH_HEADER, 0);
+        for (_, data) in records_of(items) {
+            len += abi::encoded_len(data.len());
+            count += 1;
+        }
+        Pending { items, len, count }
+    }
+}
+
+/// The (arrival time, data) of the `Ok` records of `items`, in order.
+fn records_of(items: &[(usize, Outcome)]) -> impl Iterator<Item = (i64, &[u8])> {
+    items.iter().filter_map(|(_, o)| match o {
+        Outcome::Ok(r) => Some((r.arrival_ms, &r.data[..])),
+        Outcome::Failed(..) => None,
+    })
+}
+
+impl abi::Batch for Pending<'_> {
+    fn encoded_len(&self) -> usize {
+        self.len
+    }
+    fn records(&self) -> usize {
+        self.count
+    }
+    fn write_to(&self, out: &mut [u8]) {
+        abi::write_batch(records_of(self.items), out);
     }
 }
 

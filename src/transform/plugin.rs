@@ -238,15 +238,14 @@ impl Plugin {
     /// and returns the validated results in input order.
     pub fn call(
         &self,
-        batch: &[u8],
-        count: usize,
+        batch: &dyn abi::Batch,
         buffers: &mut OutputBuffers,
     ) -> Result<Vec<abi::RecordResult>, CallError> {
         let mut ready = match self.take() {
             Some(r) => r,
             None => self.instantiate()?,
         };
-        let outcome = self.call_on(&mut ready, batch, count, buffers);
+        let outcome = self.call_on(&mut ready, batch, buffers);
         // After any failure the instance is dropped: its state may be what failed (a leak that
         // reached the memory cap, a corrupted heap), and retries must run on a fresh one.
         if outcome.is_ok() {
@@ -337,7 +336,7 @@ impl Plugin {
                 let ptr = if config.is_empty() {
                     0
                 } else {
-                    self.copy_in(&mut ready, config)?
+                    self.copy_in(&mut ready, config.len(), |out| out.copy_from_slice(config))?
                 };
                 ready.store.set_epoch_deadline(self.deadline_ticks);
                 let rc = init
@@ -359,47 +358,50 @@ impl Plugin {
         Ok(ready)
     }
 
-    /// `spillway_alloc`s a guest buffer and copies `bytes` into it; returns its address.
-    fn copy_in(&self, ready: &mut Ready, bytes: &[u8]) -> Result<u32, CallError> {
+    /// `spillway_alloc`s a guest buffer of `len` bytes and has `write` fill it; returns its
+    /// address.
+    fn copy_in(
+        &self,
+        ready: &mut Ready,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<u32, CallError> {
         ready.store.set_epoch_deadline(self.deadline_ticks);
         let ptr = ready
             .alloc
-            .call(&mut ready.store, bytes.len() as i32)
+            .call(&mut ready.store, len as i32)
             .map_err(|e| trapped("spillway_alloc", &e, self.spec.timeout))?
             as u32;
         if ptr == 0 {
             return Err(CallError::function(format!(
-                "spillway_alloc returned 0 for {} bytes",
-                bytes.len()
+                "spillway_alloc returned 0 for {len} bytes"
             )));
         }
         let size = ready.memory.data_size(&ready.store) as u64;
-        if u64::from(ptr) + bytes.len() as u64 > size {
+        if u64::from(ptr) + len as u64 > size {
             return Err(CallError::function(
                 format!(
-                    "spillway_alloc returned {ptr:#x} for {} bytes, outside the plugin's {size}-byte memory",
-                    bytes.len()
+                    "spillway_alloc returned {ptr:#x} for {len} bytes, outside the plugin's {size}-byte memory"
                 )));
         }
-        ready.memory.data_mut(&mut ready.store)[ptr as usize..ptr as usize + bytes.len()]
-            .copy_from_slice(bytes);
+        write(&mut ready.memory.data_mut(&mut ready.store)[ptr as usize..ptr as usize + len]);
         Ok(ptr)
     }
 
     fn call_on(
         &self,
         ready: &mut Ready,
-        batch: &[u8],
-        count: usize,
+        batch: &dyn abi::Batch,
         buffers: &mut OutputBuffers,
     ) -> Result<Vec<abi::RecordResult>, CallError> {
-        debug_assert!(batch.len() <= MAX_BATCH_BYTES);
+        debug_assert!(batch.encoded_len() <= MAX_BATCH_BYTES);
+        let count = batch.records();
         ready.store.data_mut().begin_call();
-        let ptr = self.copy_in(ready, batch)?;
+        let ptr = self.copy_in(ready, batch.encoded_len(), |out| batch.write_to(out))?;
         ready.store.set_epoch_deadline(self.deadline_ticks);
         let r = ready
             .transform
-            .call(&mut ready.store, (ptr as i32, batch.len() as i32))
+            .call(&mut ready.store, (ptr as i32, batch.encoded_len() as i32))
             .map_err(|e| trapped(&self.spec.function, &e, self.spec.timeout))?
             as u64;
         if r == 0 {
@@ -684,7 +686,7 @@ mod tests {
 
     fn call(p: &Plugin, data: &[u8]) -> Result<Vec<abi::RecordResult>, CallError> {
         let b = one(data);
-        p.call(b.bytes(), b.count(), &mut OutputBuffers::default())
+        p.call(&b, &mut OutputBuffers::default())
     }
 
     fn refusal(module: String) -> String {
