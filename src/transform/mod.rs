@@ -144,7 +144,7 @@ impl Transform {
                 Outcome::Failed(..) => continue,
             };
             if count > 0 && len + need > self.buffer_bytes {
-                self.flush(items, start..j, Pending::sized(len, count), s);
+                self.flush(items, start..j, (len, count), s);
                 (start, len, count) = (j, abi::BATCH_HEADER, 0);
             }
             let Outcome::Ok(r) = &mut items[j].1 else {
@@ -167,7 +167,7 @@ impl Transform {
             }
         }
         let end = items.len();
-        self.flush(items, start..end, Pending::sized(len, count), s);
+        self.flush(items, start..end, (len, count), s);
         if !s.reshaped.is_empty() {
             s.out.clear();
             let mut extra = s.extra.drain(..);
@@ -183,8 +183,8 @@ impl Transform {
         }
     }
 
-    /// Calls the plugin on the `Ok` records of `items[range]` (`size`: their encoded length and
-    /// count), encoded straight into its memory, and puts what became of each record in its
+    /// Calls the plugin on the `Ok` records of `items[range]` (`(len, count)`: their encoded
+    /// length and number), encoded straight into its memory, and puts what became of each record in its
     /// place, or into `s.extra` (see [`Transform::run`]).
     ///
     /// A batch of several records that fails after its retries for any reason but the deadline
@@ -196,18 +196,19 @@ impl Transform {
         &self,
         items: &mut [(usize, Outcome)],
         range: Range<usize>,
-        size: Pending<'static>,
+        (len, count): (usize, usize),
         s: &mut Scratch,
     ) {
-        if size.count == 0 {
+        if count == 0 {
             return;
         }
         let batch = Pending {
             items: &items[range.clone()],
-            ..size
+            len,
+            count,
         };
         let (results, attempts) = self.call(&batch, &mut s.outputs);
-        let isolate = matches!(&results, Err(e) if !e.deadline) && size.count > 1;
+        let isolate = matches!(&results, Err(e) if !e.deadline) && count > 1;
         let mut results = results.map(Vec::into_iter);
         for j in range {
             let (mut result, attempts) = match &mut results {
@@ -346,15 +347,6 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    /// The size of a batch, before its items are known.
-    fn sized(len: usize, count: usize) -> Pending<'static> {
-        Pending {
-            items: &[],
-            len,
-            count,
-        }
-    }
-
     /// The batch of the `Ok` records of `items`.
     fn of(items: &[(usize, Outcome)]) -> Pending<'_> {
         let (mut len, mut count) = (abi::BATCH_HEADER, 0);
