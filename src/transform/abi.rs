@@ -30,6 +30,8 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// id (u64) + arrival (i64) + length (u32).
 const RECORD_HEADER: usize = 20;
+/// Bytes of an empty batch (its magic and record count).
+pub const BATCH_HEADER: usize = 8;
 /// id (u64) + result (u8) + piece count (u32) + key count (u16): the smallest result.
 const MIN_RESULT: usize = 15;
 
@@ -53,14 +55,11 @@ pub trait Batch {
 /// Writes a batch of `records` (arrival time, data) into `out`, exactly as long as they encode
 /// to; ids are the records' indexes.
 pub fn write_batch<'a>(records: impl Iterator<Item = (i64, &'a [u8])>, out: &mut [u8]) {
-    let (header, mut rest) = out.split_at_mut(8);
+    let (header, mut rest) = out.split_at_mut(BATCH_HEADER);
     let mut count = 0u32;
     for (arrival_ms, data) in records {
         let (head, tail) = std::mem::take(&mut rest).split_at_mut(RECORD_HEADER);
-        head[..8].copy_from_slice(&u64::from(count).to_le_bytes());
-        head[8..16].copy_from_slice(&arrival_ms.to_le_bytes());
-        // Callers keep batches under MAX_BATCH_BYTES, so a record's length fits.
-        head[16..].copy_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
+        head.copy_from_slice(&record_header(count, arrival_ms, data.len()));
         let (body, tail) = tail.split_at_mut(data.len());
         body.copy_from_slice(data);
         rest = tail;
@@ -70,8 +69,15 @@ pub fn write_batch<'a>(records: impl Iterator<Item = (i64, &'a [u8])>, out: &mut
     header[4..].copy_from_slice(&count.to_le_bytes());
 }
 
-/// Bytes of an empty batch (its magic and record count).
-pub const BATCH_HEADER: usize = 8;
+/// The header of record `id` of a batch.
+fn record_header(id: u32, arrival_ms: i64, len: usize) -> [u8; RECORD_HEADER] {
+    let mut h = [0; RECORD_HEADER];
+    h[..8].copy_from_slice(&u64::from(id).to_le_bytes());
+    h[8..16].copy_from_slice(&arrival_ms.to_le_bytes());
+    // Callers keep batches under MAX_BATCH_BYTES, so a record's length fits.
+    h[16..].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    h
+}
 
 impl Batch for BatchWriter {
     fn encoded_len(&self) -> usize {
@@ -85,7 +91,8 @@ impl Batch for BatchWriter {
     }
 }
 
-/// Builds an input batch in a reusable buffer.
+/// Builds an input batch in a buffer of its own, for tests and benchmarks (the pipeline writes
+/// its batches in place, see [`write_batch`]).
 #[derive(Debug)]
 pub struct BatchWriter {
     buf: Vec<u8>,
@@ -115,11 +122,7 @@ impl BatchWriter {
     /// Appends a record; its id is its index in the batch.
     pub fn push(&mut self, arrival_ms: i64, data: &[u8]) {
         self.buf
-            .extend_from_slice(&u64::from(self.count).to_le_bytes());
-        self.buf.extend_from_slice(&arrival_ms.to_le_bytes());
-        // Callers keep batches under MAX_BATCH_BYTES, so a record's length fits.
-        self.buf
-            .extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
+            .extend_from_slice(&record_header(self.count, arrival_ms, data.len()));
         self.buf.extend_from_slice(data);
         self.count += 1;
         self.buf[4..8].copy_from_slice(&self.count.to_le_bytes());

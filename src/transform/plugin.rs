@@ -234,7 +234,7 @@ impl Plugin {
         &self.identity
     }
 
-    /// Runs one batch (an encoded [`abi::BatchWriter`] of `count` records) on a pooled instance
+    /// Runs one batch (written into the guest's memory by [`abi::Batch::write_to`]) on a pooled instance
     /// and returns the validated results in input order.
     pub fn call(
         &self,
