@@ -246,6 +246,28 @@ impl RecordDecoder {
     }
 }
 
+/// `s.starts_with(prefix)` for the short quoted keys the decoder predicts, without a call into
+/// `memcmp`: keys of 4 to 16 bytes are compared as two (possibly overlapping) words each way.
+#[inline]
+fn begins_with(s: &[u8], prefix: &[u8]) -> bool {
+    let n = prefix.len();
+    if s.len() < n {
+        return false;
+    }
+    let word = |b: &[u8], at: usize, w: usize| -> u64 {
+        let mut a = [0u8; 8];
+        a[..w].copy_from_slice(&b[at..at + w]);
+        u64::from_le_bytes(a)
+    };
+    match n {
+        4..=8 => word(s, 0, 4) == word(prefix, 0, 4) && word(s, n - 4, 4) == word(prefix, n - 4, 4),
+        9..=16 => {
+            word(s, 0, 8) == word(prefix, 0, 8) && word(s, n - 8, 8) == word(prefix, n - 8, 8)
+        }
+        _ => s[..n] == *prefix,
+    }
+}
+
 /// Decodes an object at `p` into `columns` (each gets exactly one value for row `row`).
 fn object(
     p: &mut Parser<'_>,
@@ -275,7 +297,7 @@ fn object(
             // Keys usually arrive in schema order, spelled as the schema spells them: try the
             // next member's key verbatim before scanning and folding the key.
             let found = match fields.quoted.get(hint) {
-                Some(Some(q)) if p.s[p.i..].starts_with(q) => {
+                Some(Some(q)) if begins_with(&p.s[p.i..], q) => {
                     p.i += q.len();
                     Some(hint)
                 }
@@ -308,7 +330,11 @@ fn object(
                         &mut columns[i],
                         scratch,
                     ) {
-                        Ok(()) => pending.retain(|(c, _)| *c != i),
+                        Ok(()) => {
+                            if !pending.is_empty() {
+                                pending.retain(|(c, _)| *c != i);
+                            }
+                        }
                         Err(e @ Failure::Value(_)) => {
                             // A later occurrence of the key may still replace this value: keep
                             // the error until the object ends.
@@ -591,6 +617,53 @@ fn stops_in(w: u64) -> bool {
     hits & HIGHS != 0
 }
 
+/// Skips 16 bytes at a time from `from` while none of them stops a string scan (the
+/// [`SPECIAL`] bytes); returns where it stopped (at a stop, or with fewer than 16 bytes left) and
+/// whether a skipped byte was not ASCII. SSE2, which every x86-64 has; elsewhere it skips nothing
+/// and the word loop does the work.
+#[inline]
+fn plain_run16(s: &[u8], from: usize) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is part of the x86-64 baseline, so the intrinsics are available; every
+        // load reads the 16 bytes of `chunk`, and `_mm_loadu_si128` needs no alignment.
+        unsafe {
+            let (quote, backslash, control) = (
+                _mm_set1_epi8(b'"' as i8),
+                _mm_set1_epi8(b'\\' as i8),
+                _mm_set1_epi8(0x1f),
+            );
+            let mut at = from;
+            let mut high = 0;
+            while let Some(chunk) = s.get(at..at + 16) {
+                let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+                // A control byte is one that `min(v, 0x1f)` leaves unchanged.
+                let stops = _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                    _mm_cmpeq_epi8(_mm_min_epu8(v, control), v),
+                ));
+                let highs = _mm_movemask_epi8(v);
+                if stops != 0 {
+                    let before = (1 << stops.trailing_zeros()) - 1;
+                    return (
+                        at + stops.trailing_zeros() as usize,
+                        high | highs & before != 0,
+                    );
+                }
+                high |= highs;
+                at += 16;
+            }
+            (at, high != 0)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    (from, false)
+}
+
 /// Clinger's fast path for a number token: without an exponent and with at most 15 digits, the
 /// value is `digits / 10^fraction_digits` with both exact in `f64`, so one correctly rounded
 /// division is the correctly rounded value (what `str::parse` returns, bit for bit), without the
@@ -643,8 +716,14 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    #[cold]
     fn syntax(&self, what: &str) -> Failure {
         Failure::Syntax(format!("{what} at byte {}", self.i))
+    }
+
+    #[cold]
+    fn expected(&self, c: u8) -> Failure {
+        self.syntax(&format!("expected '{}'", c as char))
     }
 
     #[inline]
@@ -666,12 +745,18 @@ impl<'a> Parser<'a> {
 
     /// After an item of an object or array: `true` at a comma (more items follow), `false` at
     /// `close` (the container ends), an error otherwise.
+    #[inline]
     fn more(&mut self, close: u8) -> Parsed<bool> {
         match self.next() {
             Some(b',') => Ok(true),
             Some(c) if c == close => Ok(false),
-            _ => Err(self.syntax(&format!("expected ',' or '{}'", close as char))),
+            _ => Err(self.expected_more(close)),
         }
+    }
+
+    #[cold]
+    fn expected_more(&self, close: u8) -> Failure {
+        self.syntax(&format!("expected ',' or '{}'", close as char))
     }
 
     #[inline]
@@ -680,7 +765,7 @@ impl<'a> Parser<'a> {
             self.i += 1;
             Ok(())
         } else {
-            Err(self.syntax(&format!("expected '{}'", c as char)))
+            Err(self.expected(c))
         }
     }
 
@@ -702,8 +787,8 @@ impl<'a> Parser<'a> {
         let start = self.i;
         // Fast path: scan to the closing quote or the first escape, eight bytes at a time while
         // none of them stops the scan, then byte by byte through the table.
-        let mut end = start;
-        let mut high = 0u8;
+        let (mut end, sixteens_non_ascii) = plain_run16(self.s, start);
+        let mut high = if sixteens_non_ascii { 0x80 } else { 0 };
         let mut wide = 0u64;
         while let Some(word) = self.s.get(end..end + 8) {
             let Ok(word) = <[u8; 8]>::try_from(word) else {
@@ -1124,6 +1209,48 @@ mod tests {
                 let expected = w.iter().any(|&b| SPECIAL[b as usize]);
                 prop_assert_eq!(stops_in(u64::from_le_bytes(w)), expected, "{:?}", w);
             }
+        }
+
+        /// The word-wise key test agrees with `starts_with`, at every length and for near misses
+        /// (a prefix differing in one byte anywhere).
+        #[test]
+        fn key_prefix_test_matches_starts_with(
+            prefix in proptest::collection::vec(any::<u8>(), 0..24),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+            flip in any::<Option<(usize, u8)>>(),
+        ) {
+            let mut s = prefix.clone();
+            if let Some((at, x)) = flip {
+                if !s.is_empty() {
+                    let at = at % s.len();
+                    s[at] ^= x.max(1);
+                }
+            }
+            s.extend_from_slice(&tail);
+            for cut in [s.len(), s.len().min(prefix.len().saturating_sub(1))] {
+                let s = &s[..cut];
+                prop_assert_eq!(begins_with(s, &prefix), s.starts_with(&prefix));
+            }
+        }
+
+        /// The 16-byte skip stops exactly at the first byte the byte table stops at (or with
+        /// fewer than 16 bytes left) and sees a non-ASCII byte exactly when one was skipped.
+        #[test]
+        fn sixteen_byte_skip_matches_the_byte_table(
+            text in proptest::collection::vec(
+                prop_oneof![8 => 0x20u8..0x7f, 1 => any::<u8>()], 0..80),
+            from in 0usize..8,
+        ) {
+            let from = from.min(text.len());
+            let (at, non_ascii) = plain_run16(&text, from);
+            let stop = text[from..].iter().position(|&b| SPECIAL[b as usize]).map(|k| from + k);
+            match stop {
+                Some(stop) if stop < at => prop_assert!(false, "skipped the stop at {}", stop),
+                Some(stop) if stop > at => prop_assert!(text.len() - at < 16),
+                Some(_) => {}
+                None => prop_assert!(text.len() - at < 16),
+            }
+            prop_assert_eq!(non_ascii, text[from..at].iter().any(|&b| b >= 0x80));
         }
 
         /// The fast path reads a decimal to the bit that `str::parse` does, or leaves it alone.
