@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use memchr::memchr;
+
 use spillway::format::{
     ColumnarWriter, Deserializer, FormatConversion, OrcOptions, OutputFormat, ParquetOptions,
     TableSchema,
@@ -72,21 +74,35 @@ fn split_lines(path: &Path, n: usize) -> Vec<(u64, u64)> {
     cuts.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
-/// Converts lines `range` of `input` into `output`; returns the rows written.
+/// Converts lines `range` of `input` into `output`; returns the rows written. Lines are handed
+/// to the writer as slices of large reads, as the pipeline hands it records of a log chunk.
 fn convert(input: &Path, range: (u64, u64), output: &Path, conversion: &FormatConversion) -> u64 {
     let mut f = File::open(input).unwrap();
     f.seek(SeekFrom::Start(range.0)).unwrap();
-    let mut reader = BufReader::with_capacity(1 << 20, f).take(range.1 - range.0);
+    let mut reader = f.take(range.1 - range.0);
     let out = BufWriter::with_capacity(1 << 20, File::create(output).unwrap());
     let mut writer = ColumnarWriter::new(out, conversion).unwrap();
-    let mut line = Vec::new();
-    let mut rows = 0;
+    let mut buf = vec![0u8; 4 << 20];
+    let (mut filled, mut rows) = (0, 0);
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).unwrap() == 0 {
+        let n = reader.read(&mut buf[filled..]).unwrap();
+        filled += n;
+        let mut start = 0;
+        while let Some(end) = memchr(b'\n', &buf[start..filled]) {
+            rows += writer.push_record(&buf[start..start + end]).unwrap() as u64;
+            start += end + 1;
+        }
+        if n == 0 {
+            if start < filled {
+                rows += writer.push_record(&buf[start..filled]).unwrap() as u64;
+            }
             break;
         }
-        rows += writer.push_record(&line).unwrap() as u64;
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     writer.finish().unwrap();
     rows
