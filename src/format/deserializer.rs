@@ -109,7 +109,8 @@ impl Deserializer {
         }
     }
 
-    fn normalize_key(&self, key: &str) -> String {
+    /// A JSON key as it is matched against column and field names.
+    pub(crate) fn normalize_key(&self, key: &str) -> String {
         let key = match self {
             Deserializer::OpenX {
                 convert_dots_to_underscores: true,

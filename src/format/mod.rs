@@ -7,11 +7,13 @@
 //! [`timestamp`]); rows gather into Arrow batches ([`columnar`]) that the Parquet ([`parquet`]) or ORC
 //! ([`orc`]) writer encodes into row groups / stripes, flushed into the object as they fill. A record
 //! that does not fit is a [`ConversionError`]; the pipeline sends it to the `format-conversion-failed`
-//! error output and keeps the rest.
+//! error output and keeps the rest. The schema is configured, or inferred from the stream's first
+//! records and pinned for good ([`infer`]).
 
 pub mod columnar;
 pub mod decode;
 pub mod deserializer;
+pub mod infer;
 pub mod orc;
 pub mod parquet;
 pub mod schema;
@@ -20,6 +22,7 @@ pub mod timestamp;
 use std::io::Write;
 
 pub use deserializer::{Cell, ConversionError, Deserializer};
+pub use infer::{InferError, SchemaPin};
 pub use orc::{OrcCompression, OrcOptions};
 pub use parquet::{ParquetCompression, ParquetOptions};
 pub use schema::TableSchema;
@@ -54,6 +57,32 @@ pub struct FormatConversion {
     pub schema: TableSchema,
     pub deserializer: Deserializer,
     pub output: OutputFormat,
+}
+
+/// A stream's conversion: with the configured schema, or with the one it infers from its first
+/// records and pins ([`infer`]; shared by the stream's pipelines).
+#[derive(Debug, Clone)]
+pub enum Conversion {
+    Fixed(FormatConversion),
+    Inferred(std::sync::Arc<SchemaPin>),
+}
+
+impl Conversion {
+    /// The output format, known before the schema is.
+    pub fn output(&self) -> &OutputFormat {
+        match self {
+            Conversion::Fixed(c) => &c.output,
+            Conversion::Inferred(pin) => pin.output(),
+        }
+    }
+
+    /// The conversion to write with, once its schema is known.
+    pub fn pinned(&self) -> Option<&FormatConversion> {
+        match self {
+            Conversion::Fixed(c) => Some(c),
+            Conversion::Inferred(pin) => pin.conversion(),
+        }
+    }
 }
 
 impl FormatConversion {
