@@ -13,7 +13,10 @@
 //!
 //! With conversion, one run of records can make two objects: the converted file and an error object
 //! of the records that did not fit the schema (`format-conversion-failed`). Both are functions of
-//! the records alone, so a replay of the run rebuilds both under the same keys.
+//! the records alone, so a replay of the run rebuilds both under the same keys. With an inferred
+//! schema that is not pinned yet, the buffer holds copies of its records (part of the stream's
+//! bounded sample) and converts them once the schema is pinned, which happens before any object is
+//! written with it, so a replay finds the same schema.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +26,8 @@ use crate::compression::LazyEncoder;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorDetail, ErrorOutput, ErrorWriter, Failure};
 use crate::format::{
-    ColumnarWriter, ConversionError, FormatError, PushError, FORMAT_CONVERSION_FAILED,
+    ColumnarWriter, Conversion, ConversionError, FormatConversion, FormatError, InferError,
+    PushError, FORMAT_CONVERSION_FAILED,
 };
 use crate::log::{SequenceNumber, ShardId};
 use crate::pipeline::DeliverySettings;
@@ -58,6 +62,10 @@ enum Body {
     Raw(Box<LazyEncoder<Box<dyn ObjectWriter>>>),
     /// A request of a record destination.
     Batch(Box<Batch>),
+    /// With schema inference, before the stream's schema is pinned: the records taken so far,
+    /// part of the stream's sample (copied out of the log's read buffers, which they would
+    /// otherwise keep alive), converted once the schema is pinned or the object must end.
+    Sampling(Vec<Record>),
     Columnar {
         writer: Box<ColumnarWriter<ErrorTap>>,
         /// The store's error behind a failed write, which the format writers wrap in their own.
@@ -122,22 +130,10 @@ impl ObjectBuffer {
                     refused: Vec::new(),
                 }))
             }
-            (Contents::Records, Some(conversion)) => {
-                let store_error = Arc::new(Mutex::new(None));
-                let tap = ErrorTap {
-                    inner: store.create(&key)?,
-                    error: Arc::clone(&store_error),
-                };
-                let writer = Box::new(
-                    ColumnarWriter::new(tap, conversion)
-                        .map_err(|e| format_error(&key, &store_error, e))?,
-                );
-                Body::Columnar {
-                    writer,
-                    store_error,
-                    rows: 0,
-                }
-            }
+            (Contents::Records, Some(conversion)) => match conversion.pinned() {
+                Some(conversion) => columnar(&*store, &key, conversion)?,
+                None => Body::Sampling(Vec::new()),
+            },
             (Contents::Records, None) => {
                 // A ZIP's one entry is named like the object, without directories or the `.zip`.
                 let entry = key.rsplit('/').next().unwrap_or(&key);
@@ -197,7 +193,6 @@ impl ObjectBuffer {
     /// does not fit the schema goes to this object's error object instead), or, in an error
     /// object, its error document with `failure` (or the object's own failure).
     pub fn push(&mut self, record: &Record, failure: Option<&Failure>) -> Result<(), SinkError> {
-        let mut failed = None;
         match &mut self.body {
             Body::Errors(writer, own) => {
                 if let Some(f) = failure.or(own.as_ref()) {
@@ -234,20 +229,86 @@ impl ObjectBuffer {
                     }
                 }
             }
-            Body::Columnar {
-                writer,
-                store_error,
-                rows,
-            } => match writer.push_record(&record.data) {
-                Ok(n) => *rows += n as u64,
-                Err(PushError::Record(e)) => failed = Some(e),
-                Err(PushError::Write(e)) => return Err(format_error(&self.key, store_error, e)),
-            },
-        }
-        if let Some(e) = failed {
-            self.reject(record, &e)?;
+            Body::Columnar { .. } => self.convert(record)?,
+            Body::Sampling(held) => {
+                held.push(Record {
+                    data: bytes::Bytes::copy_from_slice(&record.data),
+                    ..record.clone()
+                });
+                // The stream's sample is enough, or the schema is pinned: convert. An error
+                // pinning surfaces from `convert_held`, which pins again.
+                let ready = match &self.settings.conversion {
+                    Some(Conversion::Inferred(pin)) => {
+                        !matches!(pin.sample(&record.data), Ok(None))
+                    }
+                    _ => true,
+                };
+                if ready {
+                    self.convert_held()?;
+                }
+            }
         }
         self.count(record);
+        Ok(())
+    }
+
+    /// Converts a record into the columnar file; one that does not fit goes to the error object.
+    fn convert(&mut self, record: &Record) -> Result<(), SinkError> {
+        let Body::Columnar {
+            writer,
+            store_error,
+            rows,
+        } = &mut self.body
+        else {
+            return Ok(());
+        };
+        match writer.push_record(&record.data) {
+            Ok(n) => *rows += n as u64,
+            Err(PushError::Record(e)) => self.reject(record, &e)?,
+            Err(PushError::Write(e)) => return Err(format_error(&self.key, store_error, e)),
+        }
+        Ok(())
+    }
+
+    /// Ends sampling: pins the stream's schema (from the stream's sample so far, unless it is
+    /// pinned), starts the columnar file and converts the held records into it. When the sample
+    /// gives no schema (no record is a JSON object with a usable key), the held records go to the
+    /// error object as records that cannot be converted, and sampling starts again.
+    fn convert_held(&mut self) -> Result<(), SinkError> {
+        let Body::Sampling(held) = &mut self.body else {
+            return Ok(());
+        };
+        let held = std::mem::take(held);
+        let settings = Arc::clone(&self.settings);
+        let pinned = match &settings.conversion {
+            Some(Conversion::Inferred(pin)) => pin.pin(),
+            Some(Conversion::Fixed(conversion)) => Ok(conversion),
+            None => return Ok(()),
+        };
+        match pinned {
+            Ok(conversion) => {
+                self.body = columnar(&*self.store, &self.key, conversion)?;
+                for record in &held {
+                    self.convert(record)?;
+                }
+            }
+            Err(e @ InferError::NoColumns(_)) => {
+                let error = ConversionError {
+                    path: "$".into(),
+                    reason: e.to_string(),
+                };
+                for record in &held {
+                    self.reject(record, &error)?;
+                }
+            }
+            Err(e) => {
+                return Err(SinkError::Io {
+                    op: "pin the inferred schema of",
+                    key: self.key.clone(),
+                    source: io::Error::other(e),
+                })
+            }
+        }
         Ok(())
     }
 
@@ -297,7 +358,8 @@ impl ObjectBuffer {
     }
 
     /// Finishes compression or the columnar file: the object(s) are complete, but not yet visible.
-    pub fn finish(self) -> Result<FinishedObject, SinkError> {
+    pub fn finish(mut self) -> Result<FinishedObject, SinkError> {
+        self.convert_held()?;
         let key = self.key;
         let mut objects = Vec::with_capacity(2);
         match self.body {
@@ -317,8 +379,9 @@ impl ObjectBuffer {
                     replay: self.replay,
                 },
             )),
-            // Every record failed conversion: there is no data object, only the error object.
-            Body::Columnar { rows: 0, .. } => {}
+            // Every record failed conversion (or no schema could be inferred from them): there is
+            // no data object, only the error object.
+            Body::Columnar { rows: 0, .. } | Body::Sampling(_) => {}
             Body::Columnar {
                 writer,
                 store_error,
@@ -480,6 +543,27 @@ impl ErrorTap {
 }
 
 /// The store's error behind `e` if there is one, else `e` as an encoding failure (retried).
+/// The body of a columnar object under `key` converted with `conversion`.
+fn columnar(
+    store: &dyn ObjectStore,
+    key: &str,
+    conversion: &FormatConversion,
+) -> Result<Body, SinkError> {
+    let store_error = Arc::new(Mutex::new(None));
+    let tap = ErrorTap {
+        inner: store.create(key)?,
+        error: Arc::clone(&store_error),
+    };
+    let writer = Box::new(
+        ColumnarWriter::new(tap, conversion).map_err(|e| format_error(key, &store_error, e))?,
+    );
+    Ok(Body::Columnar {
+        writer,
+        store_error,
+        rows: 0,
+    })
+}
+
 fn format_error(key: &str, store_error: &Mutex<Option<io::Error>>, e: FormatError) -> SinkError {
     match store_error
         .lock()

@@ -378,6 +378,11 @@ fn backup_settings(ds: &DeliveryStreamConfig, instance: &str) -> anyhow::Result<
     Ok(settings)
 }
 
+/// Where a stream's inferred schema is pinned (see [`crate::format::infer`]).
+pub fn pinned_schema_path(data_dir: &std::path::Path, stream: &str) -> std::path::PathBuf {
+    data_dir.join("schemas").join(format!("{stream}.json"))
+}
+
 /// The settings of delivering into `s3`; with processors and plugins (their compiled modules
 /// cached under `data_dir/plugins`) when `data_dir` is given, else records as they arrived.
 fn s3_settings(
@@ -424,7 +429,10 @@ fn s3_settings(
         },
         conversion: s3
             .conversion()
-            .map(|fc| fc.settings())
+            .map(|fc| match data_dir {
+                Some(dir) => fc.conversion(&pinned_schema_path(dir, ds.name.as_str())),
+                None => fc.settings().map(crate::format::Conversion::Fixed),
+            })
             .transpose()
             .map_err(anyhow::Error::msg)?,
         processors,

@@ -36,7 +36,7 @@ use crate::buffer::{Contents, ObjectBuffer};
 use crate::compression::Compression;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorOutput, Failure, ACTIVE_PARTITION_EXCEEDED, S3_FAILED};
-use crate::format::FormatConversion;
+use crate::format::Conversion;
 use crate::log::{
     Checkpoint, CheckpointStore, LogError, LogRecord, ObjectEntry, ObjectState, SequenceNumber,
     ShardLog, StartingPosition, MAX_READ_RECORDS,
@@ -86,7 +86,7 @@ pub struct DeliverySettings {
     /// Where permanently rejected records go.
     pub errors: ErrorOutput,
     /// JSON → Parquet / ORC conversion, if on (then `compression` is none).
-    pub conversion: Option<FormatConversion>,
+    pub conversion: Option<Conversion>,
     /// Decompression and deaggregation.
     pub processors: Processors,
     /// The transformation plugins, after the processors.
@@ -716,7 +716,7 @@ impl<'a> Run<'a> {
         let id = prefix::object_id(&s.instance, &seed, self.p.shard.id().0, first.sequence.0);
         let extension = match (&s.file_extension, &s.conversion) {
             (Some(e), _) => e.as_str(),
-            (None, Some(c)) => c.output.extension(),
+            (None, Some(c)) => c.output().extension(),
             (None, None) => s.compression.extension(),
         };
         let default_keys = PartitionKeys::default();
@@ -1483,12 +1483,12 @@ mod tests {
 
     fn converting(output: crate::format::OutputFormat) -> Arc<DeliverySettings> {
         let mut s = (*settings()).clone();
-        s.conversion = Some(FormatConversion {
+        s.conversion = Some(Conversion::Fixed(crate::format::FormatConversion {
             schema: crate::format::TableSchema::from_columns([("id", "int"), ("name", "string")])
                 .unwrap(),
             deserializer: crate::format::Deserializer::default(),
             output,
-        });
+        }));
         Arc::new(s)
     }
 
@@ -1587,6 +1587,104 @@ mod tests {
                 assert_eq!(raw, records[i]);
             }
         }
+    }
+
+    /// With an inferred schema, every object of the stream has the schema pinned from its first
+    /// records: a field that appears later is not in it, in this run or the next (which reads the
+    /// pin back instead of sampling its own records).
+    #[test]
+    fn an_inferred_schema_is_pinned_for_every_object() {
+        use crate::format::{Deserializer, OutputFormat, SchemaPin};
+        let state = tempfile::tempdir().unwrap();
+        let path = state.path().join("schemas").join("events.json");
+        let pad = "p".repeat(600);
+        let records: Vec<Vec<u8>> = (0..3000)
+            .map(|i| match i {
+                0..100 => format!(r#"{{"id":{i},"name":"n{i}","pad":"{pad}"}}"#),
+                _ => format!(r#"{{"id":{i},"name":"n{i}","pad":"{pad}","late":{i}}}"#),
+            })
+            .map(String::into_bytes)
+            .collect();
+        let schemas = |records: &[Vec<u8>]| {
+            let pin = SchemaPin::open(
+                path.clone(),
+                Deserializer::default(),
+                OutputFormat::Parquet(Default::default()),
+                100,
+            )
+            .unwrap();
+            let mut s = (*settings()).clone();
+            s.conversion = Some(Conversion::Inferred(Arc::new(pin)));
+            let store = Arc::new(MemoryStore::default());
+            let _dir = deliver_with(Arc::new(s), Arc::clone(&store), records, None);
+            let objects = store.objects.lock().unwrap();
+            let mut rows = 0;
+            let mut schemas = Vec::new();
+            for (key, body) in objects.iter() {
+                assert!(key.ends_with(".parquet"), "{key}");
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        bytes::Bytes::from(body.clone()),
+                    )
+                    .unwrap();
+                schemas.push(reader.schema().clone());
+                rows += reader
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>();
+            }
+            assert_eq!(rows, records.len(), "every record is a row");
+            schemas
+        };
+        let first = schemas(&records);
+        assert!(first.len() >= 2, "the run spans several objects");
+        let names: Vec<_> = first[0]
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["id", "name", "pad"]);
+        assert!(
+            first.iter().all(|s| s == &first[0]),
+            "objects share one schema"
+        );
+        // The next run, whose first records have the late field, keeps the pinned schema.
+        let again = schemas(&records[100..200]);
+        assert!(again.iter().all(|s| s == &first[0]));
+    }
+
+    /// Records from which no schema can be inferred go to the error output as records that
+    /// cannot be converted; nothing is pinned.
+    #[test]
+    fn records_without_a_schema_to_infer_go_to_the_error_output() {
+        use crate::format::{Deserializer, OutputFormat, SchemaPin};
+        let state = tempfile::tempdir().unwrap();
+        let path = state.path().join("events.json");
+        let pin = SchemaPin::open(
+            path.clone(),
+            Deserializer::default(),
+            OutputFormat::Parquet(Default::default()),
+            1000,
+        )
+        .unwrap();
+        let mut s = (*settings()).clone();
+        s.conversion = Some(Conversion::Inferred(Arc::new(pin)));
+        let store = Arc::new(MemoryStore::default());
+        let records = vec![
+            b"not json".to_vec(),
+            b"[1]".to_vec(),
+            br#"{"bad key":1}"#.to_vec(),
+        ];
+        let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);
+        let objects = store.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1, "{:?}", objects.keys());
+        let (key, body) = objects.iter().next().unwrap();
+        assert!(key.starts_with("data/format-conversion-failed/"), "{key}");
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.contains("no schema can be inferred"), "{text}");
+        assert!(!path.exists());
     }
 
     /// When every record fails conversion there is no data object, only the error object.

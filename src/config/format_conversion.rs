@@ -15,8 +15,8 @@ use super::{in_range, ConfigError};
 use crate::format::schema::{check_name, Column, ColumnType};
 use crate::format::timestamp::HiveFormat;
 use crate::format::{
-    self, FormatConversion, OrcCompression, OrcOptions, OutputFormat, ParquetCompression,
-    ParquetOptions, TableSchema,
+    self, Conversion, FormatConversion, OrcCompression, OrcOptions, OutputFormat,
+    ParquetCompression, ParquetOptions, SchemaPin, TableSchema,
 };
 
 /// Record format conversion on an S3 destination.
@@ -52,8 +52,8 @@ pub enum OutputKind {
     Orc,
 }
 
-/// The table schema: `columns` inline, or a `file` holding `columns:` (YAML or JSON, Glue's
-/// `Name`/`Type` spelling accepted).
+/// The table schema: `columns` inline, a `file` holding `columns:` (YAML or JSON, Glue's
+/// `Name`/`Type` spelling accepted), or `infer` it from the stream's first records.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
@@ -61,6 +61,25 @@ pub struct SchemaConfig {
     pub columns: Option<Columns>,
     #[serde(default)]
     pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub infer: Option<InferConfig>,
+}
+
+/// Schema inference ([`format::infer`]): from how many of the stream's first records.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferConfig {
+    /// Records sampled before the schema is pinned (fewer if the first object ends sooner, or
+    /// once 16 MiB are sampled).
+    #[serde(
+        default = "default_sample_records",
+        deserialize_with = "in_range::<_, 1, 100000>"
+    )]
+    pub sample_records: u64,
+}
+
+fn default_sample_records() -> u64 {
+    1000
 }
 
 /// A schema file's content.
@@ -377,23 +396,36 @@ impl FormatConversionConfig {
     /// Rules across the fields of this section; `Err` carries the field (relative to
     /// `format_conversion`) and the problem.
     pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
-        match (&self.schema.columns, &self.schema.file) {
-            (Some(_), Some(_)) => {
-                return Err(("schema", "give `columns` or `file`, not both".into()));
-            }
-            (None, None) => {
+        let given = [
+            self.schema.columns.is_some(),
+            self.schema.file.is_some(),
+            self.schema.infer.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
                 return Err((
                     "schema",
-                    "needs `columns` (a list of {name, type}) or `file` (a file holding them)"
+                    "needs `columns` (a list of {name, type}), `file` (a file holding them) or \
+                     `infer` (from the stream's first records)"
                         .into(),
                 ));
             }
-            _ => {}
+            1 => {}
+            _ => {
+                return Err(("schema", "give one of `columns`, `file` and `infer`".into()));
+            }
         }
+
         if let (DeserializerConfig::Openx(o), Some(columns)) =
             (&self.deserializer, &self.schema.columns)
         {
             check_mappings(o, &columns.0).map_err(|e| ("deserializer", e))?;
+        }
+        // An inferred schema names the columns of mapped keys after the mappings.
+        if let (DeserializerConfig::Openx(o), Some(_)) = (&self.deserializer, &self.schema.infer) {
+            for column in o.column_to_json_key_mappings.keys() {
+                check_name(column).map_err(|e| ("deserializer", e))?;
+            }
         }
         match self.output {
             OutputKind::Parquet if self.orc.is_some() => {
@@ -412,12 +444,39 @@ impl FormatConversionConfig {
         Ok(())
     }
 
-    /// The conversion the pipeline runs. Call after the configuration is loaded (schema files read).
+    /// The conversion the pipeline runs. Call after the configuration is loaded (schema files
+    /// read). An inferred schema is pinned in `pinned_schema`, and read from it if it exists.
+    pub fn conversion(&self, pinned_schema: &std::path::Path) -> Result<Conversion, String> {
+        if let Some(infer) = &self.schema.infer {
+            let (deserializer, output) = self.reading_and_writing();
+            return SchemaPin::open(
+                pinned_schema.to_path_buf(),
+                deserializer,
+                output,
+                infer.sample_records as usize,
+            )
+            .map(|pin| Conversion::Inferred(std::sync::Arc::new(pin)))
+            .map_err(|e| e.to_string());
+        }
+        self.settings().map(Conversion::Fixed)
+    }
+
+    /// The conversion with the configured schema.
     pub fn settings(&self) -> Result<FormatConversion, String> {
         let schema = match &self.schema.columns {
             Some(c) => c.0.clone(),
             None => return Err("the schema file was not loaded".into()),
         };
+        let (deserializer, output) = self.reading_and_writing();
+        Ok(FormatConversion {
+            schema,
+            deserializer,
+            output,
+        })
+    }
+
+    /// How records are read and files written, whatever the schema.
+    fn reading_and_writing(&self) -> (format::Deserializer, OutputFormat) {
         let deserializer = match &self.deserializer {
             DeserializerConfig::Openx(o) => format::Deserializer::OpenX {
                 case_insensitive: o.case_insensitive,
@@ -463,11 +522,7 @@ impl FormatConversionConfig {
                 })
             }
         };
-        Ok(FormatConversion {
-            schema,
-            deserializer,
-            output,
-        })
+        (deserializer, output)
     }
 
     /// Firehose's `DataFormatConversionConfiguration`, for DescribeDeliveryStream.
@@ -650,6 +705,52 @@ mod tests {
         parse(&config(PARQUET, "        buffering: { size_mib: 64 }\n")).unwrap();
         let orc_ok = "output: orc\nschema: { columns: [ { name: a, type: int } ] }\norc: { bloom_filter_columns: [] }\n";
         parse(&config(orc_ok, "")).unwrap();
+    }
+
+    #[test]
+    fn inference_is_configured_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = dir.path().join("s.json");
+        let conversion = |fc: &str| -> Result<Conversion, String> {
+            let c = Config::parse(&config(fc, ""), "t.yaml").map_err(|e| e.to_string())?;
+            let s3 = c.delivery_streams[0].destination.s3();
+            s3.conversion().expect("enabled").conversion(&pinned)
+        };
+        let Ok(Conversion::Inferred(pin)) = conversion("output: parquet\nschema: { infer: {} }\n")
+        else {
+            panic!("an inferred conversion")
+        };
+        assert!(pin.conversion().is_none());
+        for _ in 1..1000 {
+            assert!(pin.sample(br#"{"a":1}"#).unwrap().is_none());
+        }
+        assert!(
+            pin.sample(br#"{"a":1}"#).unwrap().is_some(),
+            "1,000 records by default"
+        );
+        std::fs::remove_file(&pinned).unwrap();
+        for ok in [1, 100_000] {
+            let fc = format!("output: orc\nschema: {{ infer: {{ sample_records: {ok} }} }}\n");
+            assert!(matches!(conversion(&fc), Ok(Conversion::Inferred(_))));
+        }
+        for bad in [0, 100_001] {
+            let fc = format!("output: parquet\nschema: {{ infer: {{ sample_records: {bad} }} }}\n");
+            let err = conversion(&fc).unwrap_err();
+            assert!(err.contains("schema.infer.sample_records"), "{err}");
+        }
+        for (fc, want) in [
+            (
+                "output: parquet\nschema: { infer: {}, columns: [ { name: a, type: int } ] }\n",
+                "give one of",
+            ),
+            (
+                "output: parquet\nschema: { infer: {} }\ndeserializer: { openx: { column_to_json_key_mappings: { 'a b': x } } }\n",
+                "column name \"a b\"",
+            ),
+        ] {
+            let err = conversion(fc).err().unwrap();
+            assert!(err.contains(want), "{fc}: {err}");
+        }
     }
 
     #[test]

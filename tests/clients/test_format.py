@@ -369,6 +369,72 @@ def test_bad_schema_is_rejected_by_validate_with_its_line(tmp_path):
     assert run.returncode == 2 and "use output: parquet" in run.stderr, run.stderr
 
 
+def test_inferred_schema_is_pinned_once_and_kept_across_restarts(tmp_path):
+    """`schema: { infer: … }`: the first records give the schema, which is persisted before the
+    first object; every later object, after a restart too, has it (a later field is ignored), and
+    the pinned file is a schema file `validate` accepts."""
+    from conftest import run_validate
+    cfg = write_config(tmp_path, {
+        "inferred": "{ output: parquet, schema: { infer: { sample_records: 3 } } }",
+        "flat": "{ output: orc, schema: { infer: {} } }",
+    })
+    first = [
+        b'{"id":1,"Name":"a","tags":["x","y"],"geo":{"lat":1.5}}',
+        b'{"id":2,"name":"b","price":2.5,"geo":{"lat":2,"lon":3}}',
+        b'{"id":3.5,"name":null,"tags":[]}',
+        b'{"id":4,"late":true}',  # after the sample: not a column
+        b'[1]',                    # not an object: an error document
+    ]
+    daemon = Spillway(tmp_path, config=cfg)
+    daemon.start()
+    try:
+        put(daemon, "inferred", first)
+        put(daemon, "flat", first[:3])
+    finally:
+        daemon.stop()
+    pinned = daemon.data_dir / "schemas" / "inferred.json"
+    assert json.loads(pinned.read_text()) == {"columns": [
+        {"name": "id", "type": "double"}, {"name": "name", "type": "string"},
+        {"name": "tags", "type": "array<string>"},
+        {"name": "geo", "type": "struct<lat:double,lon:bigint>"},
+        {"name": "price", "type": "double"},
+    ]}
+    want = [
+        {"id": 1.0, "name": "a", "tags": ["x", "y"], "geo": {"lat": 1.5, "lon": None}, "price": None},
+        {"id": 2.0, "name": "b", "tags": None, "geo": {"lat": 2.0, "lon": 3}, "price": 2.5},
+        {"id": 3.5, "name": None, "tags": [], "geo": None, "price": None},
+        {"id": 4.0, "name": None, "tags": None, "geo": None, "price": None},
+    ]
+    [file] = objects(daemon, "inferred/", ".parquet")
+    assert parquet_rows(file) == want
+    assert duckdb_rows(file) == want
+    assert [base64.b64decode(d["rawData"]) for d in error_docs(daemon, "inferred")] == [b"[1]"]
+    [flat] = objects(daemon, "flat/", ".orc")
+    assert orc.read_table(flat).to_pylist() == [
+        {"id": 1.0, "name": "a", "tags": '["x","y"]', "geo": '{"lat":1.5}', "price": None},
+        {"id": 2.0, "name": "b", "tags": None, "geo": '{"lat":2,"lon":3}', "price": 2.5},
+        {"id": 3.5, "name": None, "tags": "[]", "geo": None, "price": None},
+    ]
+
+    # A restart reads the pin back: records with another shape keep the pinned schema.
+    daemon.start()
+    try:
+        put(daemon, "inferred", [b'{"late":1,"id":9,"extra":{"a":1}}'])
+    finally:
+        daemon.stop()
+    files = objects(daemon, "inferred/", ".parquet")
+    assert len(files) == 2
+    schemas = {str(pq.read_schema(f)) for f in files}
+    assert len(schemas) == 1, schemas
+    later = [r for f in files for r in parquet_rows(f) if r["id"] == 9.0]
+    assert later == [{"id": 9.0, "name": None, "tags": None, "geo": None, "price": None}]
+
+    # The pinned file serves as a schema file.
+    frozen = write_config(tmp_path, {"s": f"{{ output: parquet, schema: {{ file: '{pinned}' }} }}"})
+    run = run_validate(frozen, tmp_path)
+    assert run.returncode == 0, run.stderr
+
+
 def vm_hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
