@@ -47,6 +47,24 @@ pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces `path` with `body` durably: written to `<path>.tmp` beside it, fsynced, renamed over
+/// `path`, then the directory fsynced. A crash leaves the old file or the new one, never a torn
+/// one; a temporary file left by a crash is overwritten the next time.
+pub fn replace_synced(path: &Path, body: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let mut f = File::create(tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// Drops cached pages of `[offset, offset + len)` of `file` (`len` 0: to the end). Advisory: the
 /// kernel may ignore it, and errors are ignored.
 pub fn drop_cached(file: &File, offset: u64, len: u64) {

@@ -11,11 +11,11 @@
 //! from `next` skips what delivered objects hold and rebuilds the others exactly
 //! (see `crate::pipeline`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{sync_dir, LogError, SequenceNumber, ShardId};
+use super::{LogError, SequenceNumber, ShardId};
 
 /// An object whose delivery started but was not yet confirmed, as checkpoints before dynamic
 /// partitioning recorded it (read only: it becomes an [`ObjectEntry`] on load).
@@ -156,20 +156,9 @@ impl CheckpointStore {
         let path = self.path(consumer, stream, shard);
         let dir = path.parent().expect("checkpoint path has a parent");
         super::create_dir_all(dir)?;
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec(checkpoint).expect("checkpoint serializes");
-        write_synced(&tmp, &body)?;
-        std::fs::rename(&tmp, &path).map_err(LogError::io(&path))?;
-        sync_dir(dir)
+        crate::fs::replace_synced(&path, &body).map_err(LogError::io(&path))
     }
-}
-
-fn write_synced(path: &Path, body: &[u8]) -> Result<(), LogError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(LogError::io(path))?;
-    f.write_all(body)
-        .and_then(|()| f.sync_all())
-        .map_err(LogError::io(path))
 }
 
 #[cfg(test)]

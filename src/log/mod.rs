@@ -198,12 +198,7 @@ pub fn instance_id(data_dir: &std::path::Path) -> Result<String, LogError> {
         .and_then(|mut f| f.read_exact(&mut raw))
         .map_err(LogError::io("/dev/urandom"))?;
     let id = crate::fs::hex(&raw);
-    let tmp = data_dir.join("instance-id.tmp");
-    std::fs::write(&tmp, &id)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .map_err(LogError::io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(LogError::io(&path))?;
-    sync_dir(data_dir)?;
+    crate::fs::replace_synced(&path, id.as_bytes()).map_err(LogError::io(&path))?;
     Ok(id)
 }
 
