@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use crate::compression::LazyEncoder;
 use crate::config::BufferingHints;
 use crate::error_output::{ErrorDetail, ErrorOutput, ErrorWriter, Failure};
+use crate::format::infer::Sampled;
 use crate::format::{
     ColumnarWriter, Conversion, ConversionError, FormatConversion, FormatError, InferError,
-    PushError, FORMAT_CONVERSION_FAILED,
+    PushError, SchemaPin, FORMAT_CONVERSION_FAILED,
 };
 use crate::log::{SequenceNumber, ShardId};
 use crate::pipeline::DeliverySettings;
@@ -65,7 +66,10 @@ enum Body {
     /// With schema inference, before the stream's schema is pinned: the records taken so far,
     /// part of the stream's sample (copied out of the log's read buffers, which they would
     /// otherwise keep alive), converted once the schema is pinned or the object must end.
-    Sampling(Vec<Record>),
+    Sampling {
+        pin: Arc<SchemaPin>,
+        held: Vec<Record>,
+    },
     Columnar {
         writer: Box<ColumnarWriter<ErrorTap>>,
         /// The store's error behind a failed write, which the format writers wrap in their own.
@@ -130,9 +134,15 @@ impl ObjectBuffer {
                     refused: Vec::new(),
                 }))
             }
-            (Contents::Records, Some(conversion)) => match conversion.pinned() {
+            (Contents::Records, Some(Conversion::Fixed(conversion))) => {
+                columnar(&*store, &key, conversion)?
+            }
+            (Contents::Records, Some(Conversion::Inferred(pin))) => match pin.conversion() {
                 Some(conversion) => columnar(&*store, &key, conversion)?,
-                None => Body::Sampling(Vec::new()),
+                None => Body::Sampling {
+                    pin: Arc::clone(pin),
+                    held: Vec::new(),
+                },
             },
             (Contents::Records, None) => {
                 // A ZIP's one entry is named like the object, without directories or the `.zip`.
@@ -230,21 +240,16 @@ impl ObjectBuffer {
                 }
             }
             Body::Columnar { .. } => self.convert(record)?,
-            Body::Sampling(held) => {
+            Body::Sampling { pin, held } => {
                 held.push(Record {
                     data: bytes::Bytes::copy_from_slice(&record.data),
                     ..record.clone()
                 });
-                // The stream's sample is enough, or the schema is pinned: convert. An error
-                // pinning surfaces from `convert_held`, which pins again.
-                let ready = match &self.settings.conversion {
-                    Some(Conversion::Inferred(pin)) => {
-                        !matches!(pin.sample(&record.data), Ok(None))
-                    }
-                    _ => true,
-                };
-                if ready {
-                    self.convert_held()?;
+                let pin = Arc::clone(pin);
+                match pin.sample(&record.data) {
+                    Ok(Sampled::More) => {}
+                    Ok(Sampled::Pinned(conversion)) => self.convert_held(Ok(conversion))?,
+                    Err(e) => self.convert_held(Err(e))?,
                 }
             }
         }
@@ -270,21 +275,18 @@ impl ObjectBuffer {
         Ok(())
     }
 
-    /// Ends sampling: pins the stream's schema (from the stream's sample so far, unless it is
-    /// pinned), starts the columnar file and converts the held records into it. When the sample
-    /// gives no schema (no record is a JSON object with a usable key), the held records go to the
-    /// error object as records that cannot be converted, and sampling starts again.
-    fn convert_held(&mut self) -> Result<(), SinkError> {
-        let Body::Sampling(held) = &mut self.body else {
+    /// Ends sampling with the stream's pinned conversion: starts the columnar file and converts
+    /// the held records into it. When the stream's sample gave no schema (no record is a JSON
+    /// object with a usable key), the held records go to the error object as records that cannot
+    /// be converted, and the next record samples afresh.
+    fn convert_held(
+        &mut self,
+        pinned: Result<&FormatConversion, InferError>,
+    ) -> Result<(), SinkError> {
+        let Body::Sampling { held, .. } = &mut self.body else {
             return Ok(());
         };
         let held = std::mem::take(held);
-        let settings = Arc::clone(&self.settings);
-        let pinned = match &settings.conversion {
-            Some(Conversion::Inferred(pin)) => pin.pin(),
-            Some(Conversion::Fixed(conversion)) => Ok(conversion),
-            None => return Ok(()),
-        };
         match pinned {
             Ok(conversion) => {
                 self.body = columnar(&*self.store, &self.key, conversion)?;
@@ -359,7 +361,13 @@ impl ObjectBuffer {
 
     /// Finishes compression or the columnar file: the object(s) are complete, but not yet visible.
     pub fn finish(mut self) -> Result<FinishedObject, SinkError> {
-        self.convert_held()?;
+        // The object must be written: its held records pin the schema from the sample so far.
+        if let Body::Sampling { pin, held } = &self.body {
+            if !held.is_empty() {
+                let pin = Arc::clone(pin);
+                self.convert_held(pin.pin())?;
+            }
+        }
         let key = self.key;
         let mut objects = Vec::with_capacity(2);
         match self.body {
@@ -381,7 +389,7 @@ impl ObjectBuffer {
             )),
             // Every record failed conversion (or no schema could be inferred from them): there is
             // no data object, only the error object.
-            Body::Columnar { rows: 0, .. } | Body::Sampling(_) => {}
+            Body::Columnar { rows: 0, .. } | Body::Sampling { .. } => {}
             Body::Columnar {
                 writer,
                 store_error,

@@ -421,6 +421,14 @@ impl FormatConversionConfig {
         {
             check_mappings(o, &columns.0).map_err(|e| ("deserializer", e))?;
         }
+        if let (DeserializerConfig::Hive(_), Some(_)) = (&self.deserializer, &self.schema.infer) {
+            return Err((
+                "schema.infer",
+                "needs the OpenX JSON SerDe: the Hive SerDe takes no number, boolean or JSON text \
+                 in a string column, which is what an inferred schema falls back to"
+                    .into(),
+            ));
+        }
         // An inferred schema names the columns of mapped keys after the mappings.
         if let (DeserializerConfig::Openx(o), Some(_)) = (&self.deserializer, &self.schema.infer) {
             for column in o.column_to_json_key_mappings.keys() {
@@ -564,6 +572,7 @@ impl fmt::Display for OutputKind {
 mod tests {
     use super::super::Config;
     use super::*;
+    use crate::format::infer::Sampled;
 
     /// A stream with `fc` (YAML lines at the `format_conversion:` indentation) and `extra` S3 fields.
     fn config(fc: &str, extra: &str) -> String {
@@ -722,10 +731,10 @@ mod tests {
         };
         assert!(pin.conversion().is_none());
         for _ in 1..1000 {
-            assert!(pin.sample(br#"{"a":1}"#).unwrap().is_none());
+            assert!(matches!(pin.sample(br#"{"a":1}"#), Ok(Sampled::More)));
         }
         assert!(
-            pin.sample(br#"{"a":1}"#).unwrap().is_some(),
+            matches!(pin.sample(br#"{"a":1}"#), Ok(Sampled::Pinned(_))),
             "1,000 records by default"
         );
         std::fs::remove_file(&pinned).unwrap();
@@ -746,6 +755,10 @@ mod tests {
             (
                 "output: parquet\nschema: { infer: {} }\ndeserializer: { openx: { column_to_json_key_mappings: { 'a b': x } } }\n",
                 "column name \"a b\"",
+            ),
+            (
+                "output: parquet\nschema: { infer: {} }\ndeserializer: { hive: {} }\n",
+                "schema.infer: needs the OpenX JSON SerDe",
             ),
         ] {
             let err = conversion(fc).err().unwrap();

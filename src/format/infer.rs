@@ -5,18 +5,22 @@
 //! file, or give the schema (the pinned file is a schema file, ready for `schema: { file: … }`).
 //!
 //! The rules, as a Glue crawler reads JSON: strings → `string`, integers → `bigint` (`double` when
-//! mixed with fractions, or beyond 64 bits), booleans → `boolean`, objects → `struct<…>`, arrays →
-//! `array<…>`; values seen with two incompatible shapes, or only as null, → `string` (which the
-//! OpenX SerDe fills with the value's JSON text). Names are the keys as the deserializer matches
-//! them (lower case unless matching is case-sensitive, dots to underscores when configured, the
-//! column of a `column_to_json_key_mappings` entry); keys that cannot be names are skipped. ORC
-//! output has flat columns only, so nested values are `string` there.
+//! mixed with fractions, or beyond the signed 64-bit range), booleans → `boolean`, objects →
+//! `struct<…>`, arrays → `array<…>`; values seen with two incompatible shapes, only as null, or
+//! nested deeper than a type may ([`MAX_DEPTH`]) → `string`, which the OpenX SerDe fills with the
+//! value's JSON text (so inference needs the OpenX SerDe). Names are the keys as the deserializer
+//! matches them (lower case unless matching is case-sensitive, dots to underscores when
+//! configured, the column of a `column_to_json_key_mappings` entry); keys that cannot be names are
+//! skipped. ORC output has flat columns only, so nested values are `string` there.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use super::schema::{check_name, Column, ColumnType, TableSchema};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::schema::{check_name, Column, ColumnType, TableSchema, MAX_DEPTH};
 use super::{Deserializer, FormatConversion, OutputFormat};
 
 /// Fields (columns and nested struct fields together) an inferred schema holds at most; keys
@@ -53,8 +57,92 @@ enum Shape {
     Float,
     String,
     Array(Box<Shape>),
-    /// Fields in the order first seen.
-    Object(Vec<(String, Shape)>),
+    Object(Fields),
+}
+
+/// Fields in the order first seen, found by their lower-case name (objects can be wide).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Fields {
+    list: Vec<(String, Shape)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Fields {
+    /// Merges a value of `shape` at field `name`. A new field costs one of `budget` (and its
+    /// nested fields one each); without budget it is left out. A name that differs from a known
+    /// one only in case (case-sensitive matching) is left out too: Hive and Glue cannot hold both,
+    /// so the first seen wins.
+    fn add(&mut self, name: String, shape: Shape, budget: &mut usize) {
+        let folded = name.to_ascii_lowercase();
+        match self.by_name.get(&folded) {
+            Some(&i) if self.list[i].0 == name => {
+                let known = std::mem::replace(&mut self.list[i].1, Shape::Null);
+                self.list[i].1 = merge(known, shape, budget);
+            }
+            Some(_) => {}
+            None if *budget > 0 => {
+                *budget -= 1;
+                self.by_name.insert(folded, self.list.len());
+                self.list.push((name, prune(shape, budget)));
+            }
+            None => {}
+        }
+    }
+}
+
+/// The shape of values seen as `a` and as `b`; fields new to `a` are paid from `budget`.
+fn merge(a: Shape, b: Shape, budget: &mut usize) -> Shape {
+    match (a, b) {
+        (Shape::Null, b) => prune(b, budget),
+        (a, Shape::Null) => a,
+        (Shape::Int, Shape::Float) | (Shape::Float, Shape::Int) => Shape::Float,
+        (Shape::Array(a), Shape::Array(b)) => Shape::Array(Box::new(merge(*a, *b, budget))),
+        (Shape::Object(mut a), Shape::Object(b)) => {
+            for (name, shape) in b.list {
+                a.add(name, shape, budget);
+            }
+            Shape::Object(a)
+        }
+        (a, b) if a == b => a,
+        _ => Shape::String,
+    }
+}
+
+/// `shape`, new to the schema, with only the nested fields `budget` pays for.
+fn prune(shape: Shape, budget: &mut usize) -> Shape {
+    match shape {
+        Shape::Object(fields) => {
+            let mut kept = Fields::default();
+            for (name, shape) in fields.list {
+                if *budget == 0 {
+                    break;
+                }
+                kept.add(name, shape, budget);
+            }
+            Shape::Object(kept)
+        }
+        Shape::Array(item) => Shape::Array(Box::new(prune(*item, budget))),
+        other => other,
+    }
+}
+
+fn column_type(shape: &Shape) -> ColumnType {
+    match shape {
+        Shape::Bool => ColumnType::Boolean,
+        Shape::Int => ColumnType::BigInt,
+        Shape::Float => ColumnType::Double,
+        Shape::Null | Shape::String => ColumnType::String,
+        Shape::Array(item) => ColumnType::Array(Box::new(column_type(item))),
+        // A struct needs a field (Parquet has no empty groups); `{}` is kept as its JSON text.
+        Shape::Object(fields) if fields.list.is_empty() => ColumnType::String,
+        Shape::Object(fields) => ColumnType::Struct(
+            fields
+                .list
+                .iter()
+                .map(|(name, shape)| (name.clone(), column_type(shape)))
+                .collect(),
+        ),
+    }
 }
 
 /// The shapes of a sample of records, accumulated record by record.
@@ -63,7 +151,7 @@ pub struct Inference {
     deserializer: Deserializer,
     /// ORC output: nested values are strings.
     flat: bool,
-    columns: Vec<(String, Shape)>,
+    columns: Fields,
     /// Fields that may still be added under [`MAX_INFERRED_FIELDS`].
     budget: usize,
 }
@@ -74,7 +162,7 @@ impl Inference {
         Inference {
             deserializer: deserializer.clone(),
             flat: matches!(output, OutputFormat::Orc(_)),
-            columns: Vec::new(),
+            columns: Fields::default(),
             budget: MAX_INFERRED_FIELDS,
         }
     }
@@ -86,12 +174,12 @@ impl Inference {
         while de.end().is_err() {
             let seed = ShapeOf {
                 inference: self,
-                top: true,
+                depth: None,
             };
-            match serde::de::DeserializeSeed::deserialize(seed, &mut de) {
+            match seed.deserialize(&mut de) {
                 Ok(Shape::Object(columns)) => {
-                    for (name, shape) in columns {
-                        add_field(&mut self.columns, name, shape, &mut self.budget);
+                    for (name, shape) in columns.list {
+                        self.columns.add(name, shape, &mut self.budget);
                     }
                 }
                 Ok(_) => {}
@@ -102,13 +190,14 @@ impl Inference {
 
     /// The schema of what was observed.
     pub fn schema(&self) -> Result<TableSchema, InferError> {
-        if self.columns.is_empty() {
+        if self.columns.list.is_empty() {
             return Err(InferError::NoColumns(
                 "they hold no JSON object with a key usable as a column name".into(),
             ));
         }
         TableSchema::new(
             self.columns
+                .list
                 .iter()
                 .map(|(name, shape)| Column {
                     name: name.clone(),
@@ -119,7 +208,8 @@ impl Inference {
         .map_err(InferError::NoColumns)
     }
 
-    /// The column a top-level key fills, as the deserializer matches keys to columns.
+    /// The column a top-level key fills, as the deserializer matches keys to columns: a mapped
+    /// key names its column, and a mapped column reads no other key.
     fn column_name(&self, key: &str) -> Option<String> {
         let normalized = self.deserializer.normalize_key(key);
         if let Deserializer::OpenX {
@@ -127,13 +217,19 @@ impl Inference {
         } = &self.deserializer
         {
             // Should two columns map the same key, the first in name order wins.
-            if let Some(column) = column_to_json_key
+            let mapped = column_to_json_key
                 .iter()
                 .filter(|(_, k)| self.deserializer.normalize_key(k) == normalized)
                 .map(|(c, _)| c)
-                .min()
-            {
+                .min();
+            if let Some(column) = mapped {
                 return Some(column.clone());
+            }
+            if column_to_json_key
+                .keys()
+                .any(|c| c.eq_ignore_ascii_case(&normalized))
+            {
+                return None;
             }
         }
         check_name(&normalized).ok().map(|()| normalized)
@@ -141,14 +237,31 @@ impl Inference {
 }
 
 /// Reads one JSON value as its [`Shape`], keys in the order they come (a schema's columns are in
-/// the order of the first record's keys), without building the value. At the top (`top`), keys
-/// are named as columns; below, as struct fields.
+/// the order of the first record's keys), without building the value. `depth` is the value's
+/// depth as a column type (`None`: the record itself, whose keys are named as columns); a
+/// container deeper than a type may nest is a `string`.
 struct ShapeOf<'i> {
     inference: &'i Inference,
-    top: bool,
+    depth: Option<usize>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ShapeOf<'_> {
+impl ShapeOf<'_> {
+    /// The seed of this value's items or members.
+    fn inner(&self) -> ShapeOf<'_> {
+        ShapeOf {
+            inference: self.inference,
+            depth: Some(self.depth.map_or(0, |d| d + 1)),
+        }
+    }
+
+    /// Whether this container is a `string` column value rather than an array or struct.
+    fn as_string(&self) -> bool {
+        self.depth
+            .is_some_and(|d| self.inference.flat || d >= MAX_DEPTH)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ShapeOf<'_> {
     type Value = Shape;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
@@ -156,7 +269,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for ShapeOf<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ShapeOf<'_> {
+impl<'de> Visitor<'de> for ShapeOf<'_> {
     type Value = Shape;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,128 +305,54 @@ impl<'de> serde::de::Visitor<'de> for ShapeOf<'_> {
         Ok(Shape::String)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Shape, A::Error> {
-        // Inside one value nothing is counted yet: `add_field` pays for what the schema keeps.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Shape, A::Error> {
+        if self.as_string() {
+            while items.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Shape::String);
+        }
+        // Inside one value nothing is counted yet: `Fields::add` pays for what the schema keeps.
         let (mut item, mut unlimited) = (Shape::Null, usize::MAX);
-        while let Some(x) = items.next_element_seed(ShapeOf {
-            inference: self.inference,
-            top: false,
-        })? {
+        while let Some(x) = items.next_element_seed(self.inner())? {
             item = merge(item, x, &mut unlimited);
         }
-        Ok(if self.inference.flat {
-            Shape::String
-        } else {
-            Shape::Array(Box::new(item))
-        })
+        Ok(Shape::Array(Box::new(item)))
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let (mut fields, mut unlimited) = (Vec::new(), usize::MAX);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        if self.as_string() {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(Shape::String);
+        }
+        let (mut fields, mut unlimited) = (Fields::default(), usize::MAX);
         while let Some(key) = map.next_key::<String>()? {
-            let shape = map.next_value_seed(ShapeOf {
-                inference: self.inference,
-                top: false,
-            })?;
-            let name = if self.top {
+            let shape = map.next_value_seed(self.inner())?;
+            let name = if self.depth.is_none() {
                 self.inference.column_name(&key)
             } else {
                 let name = self.inference.deserializer.normalize_key(&key);
                 check_name(&name).is_ok().then_some(name)
             };
             if let Some(name) = name {
-                add_field(&mut fields, name, shape, &mut unlimited);
+                fields.add(name, shape, &mut unlimited);
             }
         }
-        Ok(if self.inference.flat && !self.top {
-            Shape::String
-        } else {
-            Shape::Object(fields)
-        })
+        Ok(Shape::Object(fields))
     }
 }
 
-/// Merges a value of `shape` at field `name` into `fields`. A new field costs one of `budget`
-/// (and its nested fields one each); without budget it is left out. A name that differs from a
-/// known one only in case (case-sensitive matching) is left out too: Hive and Glue cannot hold
-/// both, so the first seen wins.
-fn add_field(fields: &mut Vec<(String, Shape)>, name: String, shape: Shape, budget: &mut usize) {
-    match fields
-        .iter()
-        .position(|(n, _)| n.eq_ignore_ascii_case(&name))
-    {
-        Some(i) if fields[i].0 == name => {
-            let known = std::mem::replace(&mut fields[i].1, Shape::Null);
-            fields[i].1 = merge(known, shape, budget);
-        }
-        Some(_) => {}
-        None if *budget > 0 => {
-            *budget -= 1;
-            fields.push((name, prune(shape, budget)));
-        }
-        None => {}
-    }
-}
-
-/// The shape of values seen as `a` and as `b`; fields new to `a` are paid from `budget`.
-fn merge(a: Shape, b: Shape, budget: &mut usize) -> Shape {
-    match (a, b) {
-        (Shape::Null, b) => prune(b, budget),
-        (a, Shape::Null) => a,
-        (Shape::Int, Shape::Float) | (Shape::Float, Shape::Int) => Shape::Float,
-        (Shape::Array(a), Shape::Array(b)) => Shape::Array(Box::new(merge(*a, *b, budget))),
-        (Shape::Object(mut a), Shape::Object(b)) => {
-            for (name, shape) in b {
-                add_field(&mut a, name, shape, budget);
-            }
-            Shape::Object(a)
-        }
-        (a, b) if a == b => a,
-        _ => Shape::String,
-    }
-}
-
-/// `shape`, new to the schema, with only the nested fields `budget` pays for.
-fn prune(shape: Shape, budget: &mut usize) -> Shape {
-    match shape {
-        Shape::Object(fields) => {
-            let mut kept = Vec::new();
-            for (name, shape) in fields {
-                if *budget == 0 {
-                    break;
-                }
-                *budget -= 1;
-                kept.push((name, prune(shape, budget)));
-            }
-            Shape::Object(kept)
-        }
-        Shape::Array(item) => Shape::Array(Box::new(prune(*item, budget))),
-        other => other,
-    }
-}
-
-fn column_type(shape: &Shape) -> ColumnType {
-    match shape {
-        Shape::Bool => ColumnType::Boolean,
-        Shape::Int => ColumnType::BigInt,
-        Shape::Float => ColumnType::Double,
-        Shape::Null | Shape::String => ColumnType::String,
-        Shape::Array(item) => ColumnType::Array(Box::new(column_type(item))),
-        // A struct needs a field (Parquet has no empty groups); `{}` is kept as its JSON text.
-        Shape::Object(fields) if fields.is_empty() => ColumnType::String,
-        Shape::Object(fields) => ColumnType::Struct(
-            fields
-                .iter()
-                .map(|(name, shape)| (name.clone(), column_type(shape)))
-                .collect(),
-        ),
-    }
+/// What adding a record to a stream's sample came to.
+#[derive(Debug)]
+pub enum Sampled<'a> {
+    /// Keep the record and sample on.
+    More,
+    /// The schema is pinned: convert.
+    Pinned(&'a FormatConversion),
 }
 
 /// A stream's inferred schema. Its pipelines' buffers add the records they take to one sample
 /// of the stream; the schema is pinned once the sample is large enough (or a buffer must write
 /// its object first), persisted before any object is written with it, and read back at start.
-/// The buffers hold the records they sampled until then, so the stream holds at most one sample.
+/// The buffers hold the records they sampled until then.
 #[derive(Debug)]
 pub struct SchemaPin {
     path: PathBuf,
@@ -332,6 +371,16 @@ struct Sample {
     bytes: usize,
 }
 
+impl Sample {
+    fn new(deserializer: &Deserializer, output: &OutputFormat) -> Sample {
+        Sample {
+            inference: Inference::new(deserializer, output),
+            records: 0,
+            bytes: 0,
+        }
+    }
+}
+
 impl SchemaPin {
     /// The pin persisted at `path` (a schema file), which is read now if it exists.
     pub fn open(
@@ -340,17 +389,12 @@ impl SchemaPin {
         output: OutputFormat,
         sample_records: usize,
     ) -> Result<SchemaPin, InferError> {
-        let sample = Mutex::new(Sample {
-            inference: Inference::new(&deserializer, &output),
-            records: 0,
-            bytes: 0,
-        });
         let pin = SchemaPin {
             path,
             sample_records,
+            sample: Mutex::new(Sample::new(&deserializer, &output)),
             deserializer,
             output,
-            sample,
             pinned: OnceLock::new(),
         };
         if let Some(schema) = pin.read()? {
@@ -370,19 +414,22 @@ impl SchemaPin {
     }
 
     /// Adds a record to the stream's sample, and pins the schema once the sample has
-    /// `sample_records` records or [`MAX_SAMPLE_BYTES`]. `Ok(None)`: keep the record and sample on.
-    pub fn sample(&self, record: &[u8]) -> Result<Option<&FormatConversion>, InferError> {
+    /// `sample_records` records or [`MAX_SAMPLE_BYTES`].
+    pub fn sample(&self, record: &[u8]) -> Result<Sampled<'_>, InferError> {
         if let Some(c) = self.pinned.get() {
-            return Ok(Some(c));
+            return Ok(Sampled::Pinned(c));
         }
         let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = self.pinned.get() {
+            return Ok(Sampled::Pinned(c));
+        }
         sample.inference.observe(record);
         sample.records += 1;
         sample.bytes += record.len();
         if sample.records >= self.sample_records || sample.bytes >= MAX_SAMPLE_BYTES {
-            self.pin_from(&mut sample).map(Some)
+            self.pin_from(&mut sample).map(Sampled::Pinned)
         } else {
-            Ok(None)
+            Ok(Sampled::More)
         }
     }
 
@@ -405,25 +452,15 @@ impl SchemaPin {
             Some(schema) => schema,
             None => {
                 let inferred = sample.inference.schema();
-                if inferred.is_err() {
-                    self.restart(sample);
+                if let Ok(schema) = &inferred {
+                    self.persist(schema)?;
                 }
-                let schema = inferred?;
-                let schema = self.persist(&schema)?.unwrap_or(schema);
-                self.restart(sample);
-                schema
+                // Pinned, or a sample that gives no schema: either way it is done with.
+                *sample = Sample::new(&self.deserializer, &self.output);
+                inferred?
             }
         };
         Ok(self.pinned.get_or_init(|| self.conversion_with(schema)))
-    }
-
-    /// Drops the sample: it is pinned, or gives no schema.
-    fn restart(&self, sample: &mut Sample) {
-        *sample = Sample {
-            inference: Inference::new(&self.deserializer, &self.output),
-            records: 0,
-            bytes: 0,
-        };
     }
 
     fn conversion_with(&self, schema: TableSchema) -> FormatConversion {
@@ -436,16 +473,19 @@ impl SchemaPin {
 
     /// The persisted schema, if there is one.
     fn read(&self) -> Result<Option<TableSchema>, InferError> {
-        let text = match std::fs::read(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(self.io("read", source)),
-        };
+        match std::fs::read(&self.path) {
+            Ok(text) => self.parse(&text).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(self.io("read", source)),
+        }
+    }
+
+    fn parse(&self, text: &[u8]) -> Result<TableSchema, InferError> {
         let invalid = |reason: String| InferError::Invalid {
             path: self.path.clone(),
             reason,
         };
-        let file: PinnedFile = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
+        let file: PinnedFile = serde_json::from_slice(text).map_err(|e| invalid(e.to_string()))?;
         let schema = TableSchema::from_columns(
             file.columns
                 .iter()
@@ -455,15 +495,12 @@ impl SchemaPin {
         if matches!(self.output, OutputFormat::Orc(_)) {
             super::orc::check_schema(&schema).map_err(invalid)?;
         }
-        Ok(Some(schema))
+        Ok(schema)
     }
 
-    /// Writes `schema` unless a schema is persisted already; returns that one if so. The file
-    /// appears whole or not at all: written aside, synced, then linked into place, which fails
-    /// rather than replaces a schema that is there already.
-    fn persist(&self, schema: &TableSchema) -> Result<Option<TableSchema>, InferError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::fs::create_dir_all_synced(dir).map_err(|e| self.io("create the directory of", e))?;
+    /// Writes `schema`, durably and whole (see [`crate::fs::replace_synced`]), after checking that
+    /// it reads back as written, so that a restart finds it.
+    fn persist(&self, schema: &TableSchema) -> Result<(), InferError> {
         let file = PinnedFile {
             columns: schema
                 .columns
@@ -474,27 +511,19 @@ impl SchemaPin {
                 })
                 .collect(),
         };
-        let aside = self.path.with_extension(format!(
-            "json.{}-{:?}.tmp",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let written = (|| {
-            let mut f = std::fs::File::create(&aside)?;
-            serde_json::to_writer_pretty(&mut f, &file)?;
-            f.write_all(b"\n")?;
-            f.sync_all()
-        })();
-        let linked = written.and_then(|()| std::fs::hard_link(&aside, &self.path));
-        let _ = std::fs::remove_file(&aside);
-        match linked {
-            Ok(()) => {
-                crate::fs::sync_dir(dir).map_err(|e| self.io("sync the directory of", e))?;
-                Ok(None)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.read(),
-            Err(e) => Err(self.io("write", e)),
+        let mut text = serde_json::to_vec_pretty(&file).expect("a schema serializes");
+        text.push(b'\n');
+        if self.parse(&text)? != *schema {
+            return Err(InferError::Invalid {
+                path: self.path.clone(),
+                reason: "the inferred schema does not read back as inferred".into(),
+            });
         }
+        if let Some(dir) = self.path.parent() {
+            crate::fs::create_dir_all_synced(dir)
+                .map_err(|e| self.io("create the directory of", e))?;
+        }
+        crate::fs::replace_synced(&self.path, &text).map_err(|e| self.io("write", e))
     }
 
     fn io(&self, op: &'static str, source: io::Error) -> InferError {
@@ -506,7 +535,7 @@ impl SchemaPin {
     }
 }
 
-/// The pinned file: a schema file (`columns:` of names and types).
+/// The pinned file: a schema file (`columns:` of names and types, JSON being YAML).
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PinnedFile {
@@ -527,6 +556,17 @@ mod tests {
     use crate::format::{ColumnarWriter, OrcOptions, ParquetOptions};
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    fn more(sampled: Result<Sampled<'_>, InferError>) -> bool {
+        matches!(sampled, Ok(Sampled::More))
+    }
+
+    fn pinned(sampled: Result<Sampled<'_>, InferError>) -> TableSchema {
+        match sampled {
+            Ok(Sampled::Pinned(conversion)) => conversion.schema.clone(),
+            other => panic!("not pinned: {other:?}"),
+        }
+    }
 
     fn parquet() -> OutputFormat {
         OutputFormat::Parquet(ParquetOptions::default())
@@ -591,6 +631,45 @@ mod tests {
         };
         let got = infer(&sensitive, &parquet(), &[r#"{"Id":1,"id":"x","a.b":1}"#]);
         assert_eq!(got, "Id bigint");
+    }
+
+    /// A value nested deeper than a type may nest is a `string` from that depth on, so the
+    /// pinned schema always reads back (serde_json itself reads up to 128 levels).
+    #[test]
+    fn values_nested_deeper_than_types_may_are_strings() {
+        let deep = |n: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        let d = Deserializer::default();
+        let got = infer(&d, &parquet(), &[&deep(100)]);
+        let ty = got.strip_prefix("a ").unwrap();
+        assert_eq!(ty.matches("array<").count(), MAX_DEPTH, "{ty}");
+        assert!(ty.contains("array<string>"), "{ty}");
+        assert!(ColumnType::parse(ty).is_ok(), "{ty}");
+        let within = infer(&d, &parquet(), &[&deep(MAX_DEPTH)]);
+        assert!(within.contains("array<bigint>"), "{within}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let pin = SchemaPin::open(path.clone(), d.clone(), parquet(), 1).unwrap();
+        let schema = pinned(pin.sample(deep(100).as_bytes()));
+        let again = SchemaPin::open(path, d, parquet(), 1).unwrap();
+        assert_eq!(again.conversion().map(|c| &c.schema), Some(&schema));
+    }
+
+    /// A mapped column reads only its mapped key, so a key spelled like the column is no column.
+    #[test]
+    fn a_mapped_column_takes_no_other_key() {
+        for case_insensitive in [true, false] {
+            let openx = Deserializer::OpenX {
+                case_insensitive,
+                convert_dots_to_underscores: false,
+                column_to_json_key: HashMap::from([("ts".to_string(), "@timestamp".to_string())]),
+            };
+            let got = infer(
+                &openx,
+                &parquet(),
+                &[r#"{"Ts":1,"ts":true,"@timestamp":"x"}"#],
+            );
+            assert_eq!(got, "ts string", "case_insensitive: {case_insensitive}");
+        }
     }
 
     #[test]
@@ -714,13 +793,12 @@ mod tests {
         let pin = open();
         assert!(pin.conversion().is_none());
         // Sampling on until the sample has 3 records, then pinned from all three.
-        assert!(pin.sample(br#"{"a":1}"#).unwrap().is_none());
-        assert!(pin.sample(br#"{"b":"x"}"#).unwrap().is_none());
-        let pinned = pin.sample(br#"{"a":1.5}"#).unwrap().unwrap().schema.clone();
+        assert!(more(pin.sample(br#"{"a":1}"#)));
+        assert!(more(pin.sample(br#"{"b":"x"}"#)));
         let want = TableSchema::from_columns([("a", "double"), ("b", "string")]).unwrap();
-        assert_eq!(pinned, want);
+        assert_eq!(pinned(pin.sample(br#"{"a":1.5}"#)), want);
         // Once pinned, nothing is inferred again: not from more records, not after a restart.
-        assert_eq!(pin.sample(br#"{"z":1}"#).unwrap().unwrap().schema, want);
+        assert_eq!(pinned(pin.sample(br#"{"z":1}"#)), want);
         let restarted = open();
         assert_eq!(restarted.conversion().map(|c| &c.schema), Some(&want));
         assert_eq!(restarted.pin().unwrap().schema, want);
@@ -743,10 +821,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let pin = SchemaPin::open(path.clone(), Deserializer::default(), parquet(), 100).unwrap();
-        assert!(pin.sample(b"[1]").unwrap().is_none());
+        assert!(more(pin.sample(b"[1]")));
         assert!(matches!(pin.pin(), Err(InferError::NoColumns(_))));
         assert!(!path.exists());
-        assert!(pin.sample(br#"{"k":true}"#).unwrap().is_none());
+        assert!(more(pin.sample(br#"{"k":true}"#)));
         let schema = &pin.pin().unwrap().schema;
         assert_eq!(
             schema,
@@ -768,14 +846,16 @@ mod tests {
         .unwrap();
         let big = format!(r#"{{"s":"{}"}}"#, "x".repeat(MAX_SAMPLE_BYTES / 2 - 8));
         assert_eq!(big.len(), MAX_SAMPLE_BYTES / 2);
-        assert!(pin.sample(big.as_bytes()).unwrap().is_none());
+        assert!(more(pin.sample(big.as_bytes())));
         assert!(
-            pin.sample(&big.as_bytes()[..big.len() - 1])
-                .unwrap()
-                .is_none(),
+            more(pin.sample(&big.as_bytes()[..big.len() - 1])),
             "one byte short"
         );
-        assert!(pin.sample(b"{}").unwrap().is_some(), "at the bound");
+        let schema = pinned(pin.sample(b"{}"));
+        assert_eq!(
+            schema,
+            TableSchema::from_columns([("s", "string")]).unwrap()
+        );
     }
 
     #[test]

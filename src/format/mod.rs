@@ -75,14 +75,6 @@ impl Conversion {
             Conversion::Inferred(pin) => pin.output(),
         }
     }
-
-    /// The conversion to write with, once its schema is known.
-    pub fn pinned(&self) -> Option<&FormatConversion> {
-        match self {
-            Conversion::Fixed(c) => Some(c),
-            Conversion::Inferred(pin) => pin.conversion(),
-        }
-    }
 }
 
 impl FormatConversion {
