@@ -550,7 +550,6 @@ impl ErrorTap {
     }
 }
 
-/// The store's error behind `e` if there is one, else `e` as an encoding failure (retried).
 /// The body of a columnar object under `key` converted with `conversion`.
 fn columnar(
     store: &dyn ObjectStore,
@@ -572,6 +571,7 @@ fn columnar(
     })
 }
 
+/// The store's error behind `e` if there is one, else `e` as an encoding failure (retried).
 fn format_error(key: &str, store_error: &Mutex<Option<io::Error>>, e: FormatError) -> SinkError {
     match store_error
         .lock()

@@ -379,7 +379,7 @@ fn backup_settings(ds: &DeliveryStreamConfig, instance: &str) -> anyhow::Result<
 }
 
 /// Where a stream's inferred schema is pinned (see [`crate::format::infer`]).
-pub fn pinned_schema_path(data_dir: &std::path::Path, stream: &str) -> std::path::PathBuf {
+fn pinned_schema_path(data_dir: &std::path::Path, stream: &str) -> std::path::PathBuf {
     data_dir.join("schemas").join(format!("{stream}.json"))
 }
 
