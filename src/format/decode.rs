@@ -408,8 +408,15 @@ fn value(
             ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt,
             b'-' | b'0'..=b'9',
         ) => {
-            let (text, integer) = p.number()?;
-            match (integer, text.parse::<i64>()) {
+            let short = p.short_number();
+            let parsed = match short {
+                Some(n) => (n.fraction == 0, Ok(n.integer())),
+                None => {
+                    let (text, integer) = p.number()?;
+                    (integer, text.parse::<i64>())
+                }
+            };
+            match parsed {
                 (true, Ok(i)) => {
                     let i = check_int(i, ty).map_err(value_error)?;
                     if let ColumnBuilder::Int(l, _) = col {
@@ -421,8 +428,14 @@ fn value(
             }
         }
         (ColumnType::Double | ColumnType::Float, b'-' | b'0'..=b'9') => {
-            let (text, _) = p.number()?;
-            match simple_decimal(text.as_bytes()).map_or_else(|| text.parse::<f64>(), Ok) {
+            let parsed = match p.short_number() {
+                Some(n) => Ok(n.decimal()),
+                None => {
+                    let (text, _) = p.number()?;
+                    text.parse::<f64>()
+                }
+            };
+            match parsed {
                 Ok(f) if f.is_finite() => {
                     match col {
                         ColumnBuilder::Float64(l) => l.push(f),
@@ -664,34 +677,43 @@ fn plain_run16(s: &[u8], from: usize) -> (usize, bool) {
     (from, false)
 }
 
-/// Clinger's fast path for a number token: without an exponent and with at most 15 digits, the
-/// value is `digits / 10^fraction_digits` with both exact in `f64`, so one correctly rounded
-/// division is the correctly rounded value (what `str::parse` returns, bit for bit), without the
-/// general algorithm. `None`: use `str::parse`.
-fn simple_decimal(text: &[u8]) -> Option<f64> {
-    const POW10: [f64; 16] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-    ];
-    let (negative, body) = match text {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, text),
-    };
-    let (mut mantissa, mut digits, mut fraction) = (0u64, 0usize, None);
-    for (k, &c) in body.iter().enumerate() {
-        match c {
-            b'0'..=b'9' if digits < 15 => {
-                mantissa = mantissa * 10 + u64::from(c - b'0');
-                digits += 1;
-            }
-            b'.' if fraction.is_none() => fraction = Some(body.len() - k - 1),
-            _ => return None,
+/// A number token of at most 15 digits without an exponent (`-?digits[.digits]`), as the usual
+/// JSON numbers are, read in the scan that finds its end. Such a value is exact as `f64` digits
+/// over a power of ten, and Clinger's fast path applies: one correctly rounded division gives the
+/// correctly rounded value, what `str::parse` returns, bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ShortNumber {
+    negative: bool,
+    mantissa: u64,
+    /// Digits after the point (0: an integer).
+    fraction: usize,
+}
+
+impl ShortNumber {
+    /// Digits the fast path takes: below 2^53, so exact in `f64`.
+    const MAX_DIGITS: usize = 15;
+
+    fn decimal(self) -> f64 {
+        const POW10: [f64; 16] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        ];
+        let v = self.mantissa as f64 / POW10[self.fraction];
+        if self.negative {
+            -v
+        } else {
+            v
         }
     }
-    if digits == 0 {
-        return None;
+
+    /// The value of an integer token (`fraction` 0).
+    fn integer(self) -> i64 {
+        let v = self.mantissa as i64;
+        if self.negative {
+            -v
+        } else {
+            v
+        }
     }
-    let v = mantissa as f64 / POW10[fraction.unwrap_or(0)];
-    Some(if negative { -v } else { v })
 }
 
 /// Bytes that end the fast scan of a string: the quote, the backslash and control characters.
@@ -894,6 +916,50 @@ impl<'a> Parser<'a> {
     }
 
     /// A number token: its text, and whether it is an integer (no fraction or exponent).
+    /// Reads a [`ShortNumber`] at the cursor, or leaves the cursor and returns `None` for any
+    /// other token (longer, with an exponent, or not a valid number: [`Parser::number`] decides).
+    #[inline]
+    fn short_number(&mut self) -> Option<ShortNumber> {
+        let s = self.s;
+        let mut i = self.i;
+        let negative = s.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let first = i;
+        let (mut mantissa, mut fraction, mut point) = (0u64, 0usize, None);
+        while let Some(&c) = s.get(i) {
+            match c {
+                b'0'..=b'9' => {
+                    // Past 15 digits the value is not used: wrapping only avoids the overflow.
+                    mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+                    fraction += usize::from(point.is_some());
+                }
+                b'.' if point.is_none() => point = Some(i),
+                _ => break,
+            }
+            i += 1;
+        }
+        let digits = i - first - usize::from(point.is_some());
+        let well_formed = match point {
+            Some(p) => p > first && p + 1 < i,
+            None => i > first,
+        };
+        // JSON has no leading zeros ("01"); an exponent or more digits take the general path.
+        let leading_zero = s.get(first) == Some(&b'0') && point.unwrap_or(i) - first > 1;
+        if !well_formed
+            || leading_zero
+            || digits > ShortNumber::MAX_DIGITS
+            || matches!(s.get(i), Some(b'e' | b'E'))
+        {
+            return None;
+        }
+        self.i = i;
+        Some(ShortNumber {
+            negative,
+            mantissa,
+            fraction,
+        })
+    }
+
     fn number(&mut self) -> Parsed<(&'a str, bool)> {
         let start = self.i;
         let s = self.s;
@@ -1253,20 +1319,49 @@ mod tests {
             prop_assert_eq!(non_ascii, text[from..at].iter().any(|&b| b >= 0x80));
         }
 
-        /// The fast path reads a decimal to the bit that `str::parse` does, or leaves it alone.
+        /// The fast path reads a number to the bit that `str::parse` does, to its end, or leaves
+        /// the cursor where it was; it takes every JSON number of up to 15 digits without an
+        /// exponent.
         #[test]
-        fn simple_decimals_parse_like_the_standard_library(
+        fn short_numbers_parse_like_the_standard_library(
             text in "-?[0-9]{1,17}(\\.[0-9]{1,17})?",
+            after in prop_oneof![Just(""), Just(","), Just("}"), Just("e5"), Just(".5")],
         ) {
-            if let Some(fast) = simple_decimal(text.as_bytes()) {
-                let standard: f64 = text.parse().unwrap();
-                prop_assert_eq!(fast.to_bits(), standard.to_bits(), "{}", text);
+            // A second point ends the token (the caller then finds a syntax error); after an
+            // integer it would be the token's own point.
+            let after = if after == ".5" && !text.contains('.') { "" } else { after };
+            let input = format!("{text}{after}");
+            let mut p = Parser { s: input.as_bytes(), i: 0 };
+            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            let body = text.trim_start_matches('-');
+            let json = !(body.len() > 1 && body.starts_with('0') && !body.starts_with("0."));
+            match p.short_number() {
+                Some(n) => {
+                    prop_assert!(json && digits <= ShortNumber::MAX_DIGITS && after != "e5", "{}", input);
+                    prop_assert_eq!(p.i, text.len());
+                    let standard: f64 = text.parse().unwrap();
+                    prop_assert_eq!(n.decimal().to_bits(), standard.to_bits(), "{}", text);
+                    if n.fraction == 0 {
+                        prop_assert_eq!(n.integer(), text.parse::<i64>().unwrap());
+                    }
+                }
+                None => {
+                    prop_assert!(!json || digits > ShortNumber::MAX_DIGITS || after == "e5", "{}", input);
+                    prop_assert_eq!(p.i, 0);
+                }
             }
         }
     }
 
     #[test]
-    fn simple_decimals_cover_the_usual_numbers() {
+    fn short_numbers_cover_the_usual_numbers() {
+        let short = |text: &str| {
+            Parser {
+                s: text.as_bytes(),
+                i: 0,
+            }
+            .short_number()
+        };
         for text in [
             "0",
             "-0",
@@ -1277,14 +1372,25 @@ mod tests {
             "0.000001",
         ] {
             assert_eq!(
-                simple_decimal(text.as_bytes()).map(f64::to_bits),
+                short(text).map(|n| n.decimal().to_bits()),
                 Some(text.parse::<f64>().unwrap().to_bits()),
                 "{text}"
             );
         }
-        for text in ["1234567890123456", "1e5", "1.5E-3", "-", "1.2.3"] {
-            assert_eq!(simple_decimal(text.as_bytes()), None, "{text}");
+        for text in [
+            "1234567890123456",
+            "1e5",
+            "1.5E-3",
+            "-",
+            "01",
+            "-01.5",
+            ".5",
+            "1.",
+            "x",
+        ] {
+            assert_eq!(short(text), None, "{text}");
         }
+        assert_eq!(short("-7").map(ShortNumber::integer), Some(-7));
     }
 
     proptest! {
