@@ -1492,6 +1492,21 @@ mod tests {
         Arc::new(s)
     }
 
+    /// Parquet conversion with the schema inferred from `sample_records` records, pinned at `path`
+    /// (read back if it is there).
+    fn inferring(path: &std::path::Path, sample_records: usize) -> Arc<DeliverySettings> {
+        let pin = crate::format::SchemaPin::open(
+            path.to_path_buf(),
+            crate::format::Deserializer::default(),
+            crate::format::OutputFormat::Parquet(Default::default()),
+            sample_records,
+        )
+        .unwrap();
+        let mut s = (*settings()).clone();
+        s.conversion = Some(Conversion::Inferred(Arc::new(pin)));
+        Arc::new(s)
+    }
+
     /// Every third record does not fit the schema: the good rows form one columnar object, the bad
     /// records one `format-conversion-failed` error object; a stale key of an earlier attempt at the
     /// same records is removed.
@@ -1594,7 +1609,6 @@ mod tests {
     /// pin back instead of sampling its own records).
     #[test]
     fn an_inferred_schema_is_pinned_for_every_object() {
-        use crate::format::{Deserializer, OutputFormat, SchemaPin};
         let state = tempfile::tempdir().unwrap();
         let path = state.path().join("schemas").join("events.json");
         let pad = "p".repeat(600);
@@ -1606,17 +1620,8 @@ mod tests {
             .map(String::into_bytes)
             .collect();
         let schemas = |records: &[Vec<u8>]| {
-            let pin = SchemaPin::open(
-                path.clone(),
-                Deserializer::default(),
-                OutputFormat::Parquet(Default::default()),
-                100,
-            )
-            .unwrap();
-            let mut s = (*settings()).clone();
-            s.conversion = Some(Conversion::Inferred(Arc::new(pin)));
             let store = Arc::new(MemoryStore::default());
-            let _dir = deliver_with(Arc::new(s), Arc::clone(&store), records, None);
+            let _dir = deliver_with(inferring(&path, 100), Arc::clone(&store), records, None);
             let objects = store.objects.lock().unwrap();
             let mut rows = 0;
             let mut schemas = Vec::new();
@@ -1658,25 +1663,15 @@ mod tests {
     /// cannot be converted; nothing is pinned.
     #[test]
     fn records_without_a_schema_to_infer_go_to_the_error_output() {
-        use crate::format::{Deserializer, OutputFormat, SchemaPin};
         let state = tempfile::tempdir().unwrap();
         let path = state.path().join("events.json");
-        let pin = SchemaPin::open(
-            path.clone(),
-            Deserializer::default(),
-            OutputFormat::Parquet(Default::default()),
-            1000,
-        )
-        .unwrap();
-        let mut s = (*settings()).clone();
-        s.conversion = Some(Conversion::Inferred(Arc::new(pin)));
         let store = Arc::new(MemoryStore::default());
         let records = vec![
             b"not json".to_vec(),
             b"[1]".to_vec(),
             br#"{"bad key":1}"#.to_vec(),
         ];
-        let _dir = deliver_with(Arc::new(s), Arc::clone(&store), &records, None);
+        let _dir = deliver_with(inferring(&path, 1000), Arc::clone(&store), &records, None);
         let objects = store.objects.lock().unwrap();
         assert_eq!(objects.len(), 1, "{:?}", objects.keys());
         let (key, body) = objects.iter().next().unwrap();
